@@ -1,0 +1,69 @@
+# acgs-remediate — everything from a fresh Debian machine as root:
+#   make demo   set up, start a 3-host sandbox fleet, run the main job end to end
+#   make test   set up, run the whole suite (unit, lint, molecule, integration on real engines)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+# Keep ansible/molecule caches out of the user's home.
+export ANSIBLE_HOME ?= $(abspath .ansible)
+export ANSIBLE_LOCAL_TEMP ?= $(abspath .ansible/tmp)
+export ANSIBLE_NOCOLOR := 1
+DEMO_HOSTS ?= 3
+DEMO_DIR ?= /var/lib/acgs-sb
+DEMO_STATE ?= $(abspath .state/demo.db)
+
+.PHONY: help setup system-deps venv test test-unit test-integration lint molecule demo demo-down bench clean
+
+help:
+	@echo "make demo   - install everything, start a $(DEMO_HOSTS)-host sandbox fleet, run the main job"
+	@echo "make test   - install everything, run the whole suite"
+	@echo "make bench  - run the benchmarks in bench/"
+
+setup: system-deps venv
+
+# The Docker engine (docker.io gives dockerd 20.10) and busybox-static for the scenario's base image.
+system-deps:
+	@missing=""; \
+	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
+	[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || missing="$$missing busybox-static"; \
+	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "error: need$$missing; run as root (or install them) and retry" >&2; exit 2; fi; \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(BIN)/acgs-remediate: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/acgs-remediate
+
+test: setup
+	bash tests/run-all.sh
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
+test-integration: setup
+	$(BIN)/pytest -q tests/integration
+
+lint: venv
+	$(BIN)/ruff check acgs_remediate tests bench
+	$(BIN)/ansible-lint --offline --profile production playbooks roles
+
+demo: setup
+	bash scripts/demo.sh "$(DEMO_HOSTS)" "$(DEMO_DIR)" "$(DEMO_STATE)"
+
+demo-down: venv
+	$(BIN)/acgs-remediate sandbox down --dir "$(DEMO_DIR)"
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .ansible build dist *.egg-info

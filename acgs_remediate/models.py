@@ -1,0 +1,176 @@
+"""Typed facts about one Docker host: the snapshot every pure layer works from.
+
+A snapshot is read-only data (no client, no connection). It round-trips through JSON so that
+pure layers (analysis, plan, criteria) are tested from recorded case files without Docker.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NONE_TAG = "<none>:<none>"
+
+
+class _Fact(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineFact(_Fact):
+    """What the engine says about itself, plus the filesystem holding its data root."""
+
+    name: str
+    engine_id: str = ""
+    server_version: str
+    api_version: str
+    storage_driver: str
+    # "overlay2"/"graphdriver" or "containerd" (Docker 29's image store): size fields differ there.
+    image_store: Literal["graphdriver", "containerd"] = "graphdriver"
+    data_root: str
+    os: str = ""
+    kernel: str = ""
+    # statfs of the data root, when the control node can see it (local engines); None otherwise.
+    fs_total_bytes: int | None = None
+    fs_used_bytes: int | None = None
+    fs_free_bytes: int | None = None
+    # Reasons the numbers are approximate (containerd store, unknown layer mapping, ...).
+    approximate: list[str] = Field(default_factory=list)
+
+
+class ImageFact(_Fact):
+    """One top-level image (what `docker images` lists), with its layer chain."""
+
+    id: str  # sha256:...
+    repo_tags: list[str] = Field(default_factory=list)  # never contains "<none>:<none>"
+    repo_digests: list[str] = Field(default_factory=list)
+    created: datetime
+    size: int  # bytes, as the engine reports (all layers)
+    shared_size: int | None = None  # from /system/df; None when the engine does not say
+    # Chain IDs of the image's layers, base first. Two images share a layer iff they share a chain ID.
+    layers: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def dangling(self) -> bool:
+        """Return True for an untagged image (what `docker images -f dangling=true` lists)."""
+        return not self.repo_tags
+
+    @property
+    def display_name(self) -> str:
+        """Return the first tag, or the short ID for an untagged image."""
+        return self.repo_tags[0] if self.repo_tags else self.id.removeprefix("sha256:")[:12]
+
+
+class ContainerFact(_Fact):
+    """One container, running or stopped, and the image it was created from."""
+
+    id: str
+    name: str
+    image_id: str  # sha256:... (what protects the image)
+    image_ref: str = ""  # what it was created from, as written (tag or ID)
+    state: str  # running, exited, created, paused, restarting, dead
+    created: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    volumes: list[str] = Field(default_factory=list)  # names of mounted volumes
+
+    @property
+    def running(self) -> bool:
+        """Return True while the container runs (or is paused/restarting)."""
+        return self.state in {"running", "paused", "restarting"}
+
+    @property
+    def compose_service(self) -> str | None:
+        """Return the compose service this container belongs to, if any."""
+        return self.labels.get("com.docker.compose.service")
+
+
+class VolumeFact(_Fact):
+    """One volume. Volumes are reported, never removal candidates (safety invariant 2)."""
+
+    name: str
+    driver: str = "local"
+    created: datetime | None = None
+    anonymous: bool = False
+    size: int | None = None  # from /system/df; -1 from the engine becomes None
+    ref_count: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class BuildCacheFact(_Fact):
+    """One build-cache record (BuildKit)."""
+
+    id: str
+    type: str = ""
+    description: str = ""
+    size: int
+    in_use: bool = False
+    shared: bool = False
+    created: datetime | None = None
+    last_used: datetime | None = None
+
+
+class HostSnapshot(_Fact):
+    """Everything the read-only facts layer learned about one host at one moment."""
+
+    host: str
+    collected_at: datetime
+    engine: EngineFact
+    images: list[ImageFact] = Field(default_factory=list)
+    containers: list[ContainerFact] = Field(default_factory=list)
+    volumes: list[VolumeFact] = Field(default_factory=list)
+    build_cache: list[BuildCacheFact] = Field(default_factory=list)
+    # Size in bytes of every layer by chain ID (the unit in which disk is actually freed).
+    layer_sizes: dict[str, int] = Field(default_factory=dict)
+    # The engine's own /system/df LayersSize: what all image layers occupy, shared ones counted once.
+    df_layers_size: int | None = None
+
+    def image(self, ref: str) -> ImageFact | None:
+        """Return the image with this tag, full ID or ID prefix, or None."""
+        bare = ref.removeprefix("sha256:")
+        for img in self.images:
+            if ref in img.repo_tags or img.id == ref or (len(bare) >= 12 and img.id.removeprefix("sha256:").startswith(bare)):
+                return img
+        if ":" not in ref:
+            return self.image(f"{ref}:latest")
+        return None
+
+    def containers_using(self, image_id: str) -> list[ContainerFact]:
+        """Return every container (running or stopped) created from ``image_id``."""
+        return [c for c in self.containers if c.image_id == image_id]
+
+
+class Unreachable(_Fact):
+    """A host whose facts could not be read, and why."""
+
+    host: str
+    reason: str
+
+
+class Baseline(_Fact):
+    """A host's storage as first analysed: what "reduced by 90 %" is measured against."""
+
+    host: str
+    recorded_at: datetime
+    images_bytes: int  # layers on disk (shared layers once): /system/df LayersSize
+    build_cache_bytes: int
+    image_count: int
+    dangling_count: int
+    dangling_bytes: int  # bytes removing every dangling image frees (unique layers)
+    per_image: dict[str, int] = Field(default_factory=dict)  # display name -> size
+
+
+class BuildRecord(_Fact):
+    """One service build (written by phase 2): success criteria 2 and 5 read these."""
+
+    host: str
+    service: str
+    image: str
+    ok: bool
+    seconds: float
+    size: int | None = None
+    finished_at: datetime
+    error: str | None = None
