@@ -6,10 +6,14 @@ group_vars/host_vars, plugins), never a hand parse.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .config import POLICY_VAR, Policy, parse_policy
 from .errors import UsageError
@@ -105,15 +109,17 @@ def load_fleet(path: str | os.PathLike[str] | None, pattern: str = "all") -> Fle
     Display().verbosity = 0
     loader = DataLoader()
     try:
-        inventory = InventoryManager(loader=loader, sources=[str(source)])
-        variables = VariableManager(loader=loader, inventory=inventory)
-    except AnsibleError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UsageError(f"cannot read inventory {source}: {first}", hint="check its YAML/INI syntax") from None
+        with _quiet_ansible_warnings():
+            inventory = InventoryManager(loader=loader, sources=[str(source)])
+            variables = VariableManager(loader=loader, inventory=inventory)
+    except AnsibleError:
+        raise UsageError(f"cannot read inventory {source}: {_syntax_problem(source)}", hint="fix the syntax (YAML or INI) and retry") from None
     if not inventory.hosts:
         raise UsageError(f"inventory {source} defines no hosts", hint="add hosts, or pass another -i PATH")
     try:
-        selected = inventory.get_hosts(pattern or "all")
+        # ansible warns on stderr about an unmatched pattern; we raise our own clear error instead.
+        with _quiet_ansible_warnings():
+            selected = inventory.get_hosts(pattern or "all")
     except AnsibleError as err:
         raise UsageError(f"bad host pattern {pattern!r}: {err}", hint="use an Ansible pattern such as prod, 'web*' or 'prod:!h3'") from None
     if not selected:
@@ -130,6 +136,37 @@ def load_fleet(path: str | os.PathLike[str] | None, pattern: str = "all") -> Fle
         hosts.append(_host_from_vars(ah.name, hv, tuple(sorted(g.name for g in ah.get_groups()))))
         sources[ah.name] = _policy_source(source, ah)
     return Fleet(source=source, hosts=hosts, _policy_sources=sources)
+
+
+@contextlib.contextmanager
+def _quiet_ansible_warnings() -> Iterator[None]:
+    from ansible.utils.display import Display
+
+    display = Display()
+    names = ("warning", "error_as_warning")
+    originals = {name: getattr(display, name) for name in names}
+    for name in names:
+        setattr(display, name, lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(display, name, fn)
+
+
+def _syntax_problem(source: Path) -> str:
+    """Return where a YAML inventory file is malformed, in one line (ansible's own message is many)."""
+    files = [source] if source.is_file() else sorted(source.rglob("*.y*ml"))
+    for f in files:
+        try:
+            yaml.safe_load(f.read_text(encoding="utf-8"))
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            where = f"{f}:{mark.line + 1}:{mark.column + 1}" if mark else str(f)
+            return f"{exc.problem or 'YAML error'} at {where}"
+        except (OSError, yaml.YAMLError) as exc:
+            return f"{f}: {exc}"
+    return "no inventory plugin could parse it"
 
 
 def _host_from_vars(name: str, hv: dict[str, Any], groups: tuple[str, ...]) -> Host:
