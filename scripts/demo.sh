@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The main job end to end on a fresh local sandbox fleet: analyze -> plan -> phase1 -> verify -> status.
+# Usage: scripts/demo.sh HOSTS DIR STATE   (make demo passes them)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+HOSTS=${1:-3}; DIR=${2:-/var/lib/acgs-sb}; STATE=${3:-$PWD/.state/demo.db}
+export PATH="$PWD/.venv/bin:$PATH"
+export ACGS_SANDBOX_DIR="$DIR" ACGS_REMEDIATE_INVENTORY="$DIR/inventory.yml" ACGS_REMEDIATE_STATE="$STATE"
+mkdir -p reports "$(dirname "$STATE")"
+banner() { printf '\n\033[1m━━ %s\033[0m\n$ %s\n' "$1" "$2"; }
+run() { banner "$1" "${*:2}"; "${@:2}"; }
+
+# A demo starts from the scenario as seeded: drop an earlier demo fleet and its ledger.
+acgs-remediate sandbox down --dir "$DIR" >/dev/null 2>&1 || true
+rm -f "$STATE" "$STATE"-wal "$STATE"-shm
+run "1. A sandbox fleet of real Docker engines, seeded with the ACGS-1 report's bloat" \
+  acgs-remediate sandbox up --hosts "$HOSTS" --scenario acgs-1 --dir "$DIR" || exit $?
+run "   What runs" acgs-remediate sandbox status --dir "$DIR"
+run "2. The report, from live engines (also written to reports/analyze.md and reports/analyze.html)" \
+  acgs-remediate analyze --hosts all
+acgs-remediate analyze --hosts all --format markdown -o reports/analyze.md >/dev/null 2>&1
+acgs-remediate analyze --hosts all --format html -o reports/analyze.html >/dev/null 2>&1
+run "3. Verify before remediation: the success criteria fail" acgs-remediate verify --hosts all
+run "4. Phase 1 plan: exactly what will be removed, what it frees, what is protected and why" \
+  acgs-remediate plan phase1 --hosts all
+run "5. Phase 1: emergency cleanup across the fleet" acgs-remediate phase1 --hosts all --yes
+run "6. Phase 1 again: every host already done, nothing changes" acgs-remediate phase1 --hosts all --yes
+run "7. Verify after phase 1 (build criteria stay 'not verified' until phase 2 lands)" \
+  acgs-remediate verify --hosts all --junit reports/verify.xml
+run "8. Where every host stands" acgs-remediate status
+printf '\nReports: reports/analyze.md, reports/analyze.html, reports/verify.xml. Stop the fleet: make demo-down\n'
