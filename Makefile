@@ -27,7 +27,7 @@ setup: system-deps venv
 system-deps:
 	@missing=""; \
 	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
-	[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || missing="$$missing busybox-static"; \
+	dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
 	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "error: need$$missing; run as root (or install them) and retry" >&2; exit 2; fi; \
