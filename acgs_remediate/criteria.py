@@ -126,7 +126,7 @@ def _storage(host: str, baseline: Baseline | None, snapshot: HostSnapshot, polic
             threshold=threshold,
             limit=pct,
             causes=[
-                "no baseline recorded for this host: run 'acgs-remediate analyze' (or phase1) before cleaning up"
+                "no baseline recorded for this host: run 'acgs-remediate analyze' before cleaning up"
             ],
             details=[detail],
         )
