@@ -1,0 +1,480 @@
+"""Read-only facts: one Docker host's images, layers, containers, volumes and build cache.
+
+Everything here only reads the Engine API (docker SDK). The result is a typed, JSON round-trippable
+``HostSnapshot`` that the pure layers (analysis, plan, criteria) work from.
+
+Layer sizes: the engine gives each image's layer diff IDs (RootFS.Layers) but no per-layer size.
+We derive chain IDs (what the layer store keys layers by, so two images share a layer iff they share
+a chain ID) and take sizes from the image history, where every entry that produced a layer carries
+that layer's size. History also lists metadata-only steps (ENV, CMD, ...) with size 0; telling those
+apart from real empty layers is a heuristic, so when the count does not match the layer count the
+snapshot says it is approximate instead of guessing silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from .inventory import Host
+from .models import (
+    NONE_TAG,
+    BuildCacheFact,
+    ContainerFact,
+    EngineFact,
+    HostSnapshot,
+    ImageFact,
+    Unreachable,
+    VolumeFact,
+)
+
+T = TypeVar("T")
+
+# Seconds added to the base timeout per image for calls whose cost grows with the image count
+# (/system/df walks every layer; it is reported to take minutes on big hosts).
+_TIMEOUT_PER_IMAGE = 0.05
+_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# BuildKit history entries for instructions that only change the image config (never a layer).
+_META_INSTRUCTIONS = {
+    "ENV", "CMD", "LABEL", "EXPOSE", "ENTRYPOINT", "USER", "VOLUME", "ARG", "ONBUILD",
+    "STOPSIGNAL", "HEALTHCHECK", "SHELL", "MAINTAINER",
+}
+_NOP_LAYER_RE = re.compile(r"#\(nop\)\s+(COPY|ADD)\b")
+
+
+def chain_ids(diff_ids: Iterable[str]) -> list[str]:
+    """Return the chain IDs of a layer stack given its diff IDs, base first.
+
+    chainID(0) = diffID(0); chainID(n) = sha256(chainID(n-1) + " " + diffID(n)) — the layer store's key.
+    """
+    chains: list[str] = []
+    for diff in diff_ids:
+        if not chains:
+            chains.append(diff)
+        else:
+            digest = hashlib.sha256(f"{chains[-1]} {diff}".encode()).hexdigest()
+            chains.append(f"sha256:{digest}")
+    return chains
+
+
+def _history_kind(entry: dict[str, Any]) -> str:
+    """Return "layer", "meta" or "unknown" for one /images/{id}/history entry (oldest-first order)."""
+    size = int(entry.get("Size") or 0)
+    created_by = str(entry.get("CreatedBy") or "").strip()
+    if size > 0:
+        return "layer"
+    if "#(nop)" in created_by:
+        # Classic builder: metadata steps are "#(nop)"; COPY/ADD of an empty dir still make a layer.
+        return "layer" if _NOP_LAYER_RE.search(created_by) else "meta"
+    first = created_by.split(None, 1)[0].upper() if created_by else ""
+    if first in _META_INSTRUCTIONS:
+        return "meta"  # BuildKit metadata step
+    if first == "WORKDIR":
+        return "unknown"  # BuildKit makes a layer only when it had to create the directory
+    if created_by.endswith("# buildkit") or first in {"RUN", "COPY", "ADD"}:
+        return "layer"  # BuildKit keeps empty RUN/COPY layers
+    # A classic-builder RUN with size 0: an empty diff is dropped, a directory-only diff is kept.
+    return "unknown"
+
+
+def layer_sizes_from_history(
+    history: list[dict[str, Any]], n_layers: int, layer_count: Callable[[str], int | None] | None = None
+) -> tuple[list[int], bool]:
+    """Return per-layer sizes (base first) of an image with ``n_layers`` layers, and whether they are exact.
+
+    ``history`` is what /images/{id}/history returns (newest first). Non-empty entries are layers for sure;
+    size-0 entries are classified; when the classified count matches ``n_layers`` the mapping is exact.
+    Otherwise size-0 entries are added or dropped to make the count fit (bytes stay right whenever the
+    ambiguity is only about where an empty layer sits) and the result is flagged as not exact.
+    ``layer_count(image_id)`` (the layer count of a local image, or None) settles an ambiguous entry of a
+    classic build: its step left an intermediate image whose layer count says whether the step added one.
+    """
+    entries = list(reversed(history))
+    kinds = [_history_kind(e) for e in entries]
+    if layer_count is not None:
+        for i, kind in enumerate(kinds):
+            if kind == "unknown":
+                kinds[i] = _resolve_entry(entries, i, layer_count) or kind
+    sizes = [int(e.get("Size") or 0) for e in entries]
+    chosen = [k == "layer" for k in kinds]
+    count = sum(chosen)
+    exact = count == n_layers
+    if count < n_layers:
+        for i, k in enumerate(kinds):  # promote ambiguous zero-size entries first, then metadata ones
+            if count == n_layers:
+                break
+            if k == "unknown":
+                chosen[i], count = True, count + 1
+        for i, k in enumerate(kinds):
+            if count == n_layers:
+                break
+            if k == "meta":
+                chosen[i], count = True, count + 1
+    elif count > n_layers:
+        for i in reversed(range(len(kinds))):  # demote zero-size layer guesses, newest first
+            if count == n_layers:
+                break
+            if chosen[i] and sizes[i] == 0:
+                chosen[i], count = False, count - 1
+    result = [s for s, c in zip(sizes, chosen, strict=True) if c]
+    if len(result) < n_layers:
+        result += [0] * (n_layers - len(result))
+        exact = False
+    return result[:n_layers], exact
+
+
+def _resolve_entry(
+    entries: list[dict[str, Any]], i: int, layer_count: Callable[[str], int | None]
+) -> str | None:
+    """Return "layer"/"meta" for entry ``i``: does its intermediate image have more layers than its parent?"""
+    ident = str(entries[i].get("Id") or "")
+    if not ident.startswith("sha256:"):
+        return None
+    mine = layer_count(ident)
+    if mine is None:
+        return None
+    if i == 0:
+        return "layer" if mine > 0 else "meta"
+    parent = str(entries[i - 1].get("Id") or "")
+    before = layer_count(parent) if parent.startswith("sha256:") else None
+    if before is None:
+        return None
+    return "layer" if mine > before else "meta"
+
+
+def _ts(value: Any) -> datetime | None:
+    """Return an aware datetime from an engine timestamp (unix seconds or RFC 3339), None for zero values."""
+    if value in (None, "", 0):
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, tz=UTC)
+    text = str(value)
+    if text.startswith("0001-01-01"):
+        return None
+    # Go prints nanoseconds; Python takes at most microseconds.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _normalise_tags(tags: list[str] | None) -> list[str]:
+    # 20.10 lists dangling images as ["<none>:<none>"], newer engines as [].
+    return [t for t in (tags or []) if t and t != NONE_TAG]
+
+
+def _normalise_digests(digests: list[str] | None) -> list[str]:
+    return [d for d in (digests or []) if d and d != "<none>@<none>"]
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    from docker.errors import APIError
+
+    return isinstance(exc, APIError) and exc.status_code == 409
+
+
+def _retry(call: Callable[[], T], delays: tuple[float, ...] = _RETRY_DELAYS) -> T:
+    """Return ``call()``, retrying with backoff while the engine answers 409 (a prune/df already running)."""
+    for delay in delays:
+        try:
+            return call()
+        except Exception as exc:
+            if not _is_conflict(exc):
+                raise
+            time.sleep(delay)
+    return call()
+
+
+def describe_error(exc: BaseException) -> str:
+    """Return a one-line reason for a failure talking to an engine (no traceback, no URL noise)."""
+    import requests
+    from docker.errors import APIError, DockerException
+
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timed out waiting for the engine"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        inner = exc.args[0] if exc.args else exc
+        text = str(getattr(inner, "reason", inner))
+        match = re.search(r"\[Errno \d+\] [^'\")]+", text)
+        return f"cannot connect: {match.group(0) if match else text.splitlines()[0][:200]}"
+    if isinstance(exc, APIError):
+        return f"engine error {exc.status_code}: {exc.explanation or exc}"
+    if isinstance(exc, DockerException):
+        errno = re.search(r"\w+Error\((\d+), '([^']+)'\)", str(exc))
+        if errno:
+            return f"cannot connect: [Errno {errno.group(1)}] {errno.group(2)}"
+        text = str(exc)
+        match = re.search(r"\[Errno \d+\] [^'\")]+", text)
+        return f"cannot connect: {match.group(0)}" if match else text.splitlines()[0][:200]
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+def _engine_fact(info: dict[str, Any], version: dict[str, Any], docker_host: str) -> EngineFact:
+    driver_status = {str(k): str(v) for k, v in (info.get("DriverStatus") or [])}
+    containerd_store = "snapshotter" in driver_status.get("driver-type", "")
+    data_root = str(info.get("DockerRootDir") or "")
+    approximate: list[str] = []
+    if containerd_store:
+        approximate.append(
+            "containerd image store: image sizes and shared/unique split come from the snapshotter and "
+            "may not match the bytes a removal frees (moby#52476)"
+        )
+    fs: dict[str, int | None] = {"fs_total_bytes": None, "fs_used_bytes": None, "fs_free_bytes": None}
+    # statfs only means something when the engine runs on this machine (local unix socket).
+    if docker_host.startswith("unix://") and data_root and os.path.isdir(data_root):
+        st = os.statvfs(data_root)
+        total = st.f_blocks * st.f_frsize
+        free = st.f_bavail * st.f_frsize
+        used = total - st.f_bfree * st.f_frsize
+        fs = {"fs_total_bytes": total, "fs_used_bytes": used, "fs_free_bytes": free}
+    return EngineFact(
+        name=str(info.get("Name") or ""),
+        engine_id=str(info.get("ID") or ""),
+        server_version=str(version.get("Version") or info.get("ServerVersion") or ""),
+        api_version=str(version.get("ApiVersion") or ""),
+        storage_driver=str(info.get("Driver") or ""),
+        image_store="containerd" if containerd_store else "graphdriver",
+        data_root=data_root,
+        os=str(info.get("OperatingSystem") or ""),
+        kernel=str(info.get("KernelVersion") or ""),
+        approximate=approximate,
+        **fs,
+    )
+
+
+def collect(host: Host, timeout: float | None = None) -> HostSnapshot:
+    """Return a read-only snapshot of ``host``'s engine; raise on an unreachable engine or API error."""
+    import docker
+
+    kwargs = host.docker_client_kwargs()
+    base_timeout = float(timeout if timeout is not None else kwargs.get("timeout") or 60.0)
+    kwargs["timeout"] = base_timeout
+    client = docker.DockerClient(**kwargs)
+    try:
+        return _collect(client.api, host, base_timeout)
+    finally:
+        client.close()
+
+
+def _collect(api: Any, host: Host, base_timeout: float) -> HostSnapshot:
+    collected_at = datetime.now(UTC)
+    info = api.info()
+    version = api.version()
+    engine = _engine_fact(info, version, host.docker_host)
+    listed = api.images()
+    # Calls that walk every layer get more time on hosts with many images.
+    api.timeout = base_timeout + _TIMEOUT_PER_IMAGE * len(listed)
+    df = _retry(api.df)
+
+    df_images = {i["Id"]: i for i in (df.get("Images") or [])}
+    raw_images: list[tuple[dict[str, Any], list[str]]] = []
+    for item in listed:
+        try:
+            inspect = api.inspect_image(item["Id"])
+        except Exception as exc:
+            if _not_found(exc):
+                continue  # removed between list and inspect
+            raise
+        raw_images.append((item, chain_ids((inspect.get("RootFS") or {}).get("Layers") or [])))
+
+    layer_sizes, approximate = _layer_sizes(api, raw_images, derive=engine.image_store == "graphdriver")
+
+    images: list[ImageFact] = []
+    for item, layers in raw_images:
+        dfi = df_images.get(item["Id"], {})
+        shared = dfi.get("SharedSize", item.get("SharedSize"))
+        images.append(
+            ImageFact(
+                id=item["Id"],
+                repo_tags=_normalise_tags(item.get("RepoTags")),
+                repo_digests=_normalise_digests(item.get("RepoDigests")),
+                created=_ts(item.get("Created")) or _EPOCH,
+                size=int(item.get("Size") or 0),
+                shared_size=int(shared) if shared is not None and int(shared) >= 0 else None,
+                layers=layers,
+                labels=dict(item.get("Labels") or {}),
+            )
+        )
+
+    containers = _containers(api)
+    volumes = [
+        VolumeFact(
+            name=v["Name"],
+            driver=v.get("Driver") or "local",
+            created=_ts(v.get("CreatedAt")),
+            anonymous=_anonymous_volume(v),
+            size=_non_negative((v.get("UsageData") or {}).get("Size")),
+            ref_count=_non_negative((v.get("UsageData") or {}).get("RefCount")),
+            labels=dict(v.get("Labels") or {}),
+        )
+        for v in (df.get("Volumes") or [])
+    ]
+    build_cache = [
+        BuildCacheFact(
+            id=b.get("ID", ""),
+            type=b.get("Type", "") or "",
+            description=b.get("Description", "") or "",
+            size=int(b.get("Size") or 0),
+            in_use=bool(b.get("InUse")),
+            shared=bool(b.get("Shared")),
+            created=_ts(b.get("CreatedAt")),
+            last_used=_ts(b.get("LastUsedAt")),
+        )
+        for b in (df.get("BuildCache") or [])
+    ]
+    df_layers = df.get("LayersSize")
+    if approximate:
+        engine = engine.model_copy(update={"approximate": [*engine.approximate, *approximate]})
+    return HostSnapshot(
+        host=host.name,
+        collected_at=collected_at,
+        engine=engine,
+        images=images,
+        containers=containers,
+        volumes=volumes,
+        build_cache=build_cache,
+        layer_sizes=layer_sizes,
+        df_layers_size=int(df_layers) if df_layers is not None else None,
+    )
+
+
+def _layer_sizes(
+    api: Any, raw_images: list[tuple[dict[str, Any], list[str]]], derive: bool = True
+) -> tuple[dict[str, int], list[str]]:
+    """Return chain ID -> bytes for every layer, and the reasons the mapping is approximate (if any).
+
+    Images are visited shortest chain first: a layer already sized by a shorter image is known, and an
+    image with exactly one unknown layer gets it as Size minus the known ones (no history call needed) —
+    valid with a graph driver, where an image's Size is the sum of its layers (``derive``).
+    """
+    counts: dict[str, int | None] = {}
+
+    def counter(image_id: str) -> int | None:
+        # Layer count of a (possibly intermediate) local image; only asked for ambiguous history entries.
+        if image_id not in counts:
+            try:
+                counts[image_id] = len((api.inspect_image(image_id).get("RootFS") or {}).get("Layers") or [])
+            except Exception as exc:
+                if not _not_found(exc):
+                    raise
+                counts[image_id] = None
+        return counts[image_id]
+
+    sizes: dict[str, int] = {}
+    guessed: set[str] = set()
+    approx_images: list[str] = []
+    for item, layers in sorted(raw_images, key=lambda pair: len(pair[1])):
+        unknown = [c for c in layers if c not in sizes]
+        if not unknown:
+            continue
+        total = int(item.get("Size") or 0)
+        if derive and len(unknown) == 1:
+            rest = total - sum(sizes[c] for c in layers if c in sizes)
+            if rest >= 0 and not any(c in guessed for c in layers):
+                sizes[unknown[0]] = rest
+                continue
+        try:
+            history = api.history(item["Id"])
+        except Exception as exc:
+            if _not_found(exc):
+                continue
+            raise
+        per_layer, exact = layer_sizes_from_history(history, len(layers), counter)
+        for chain, size in zip(layers, per_layer, strict=True):
+            if chain not in sizes or chain in guessed and exact:
+                sizes[chain] = size
+                if exact:
+                    guessed.discard(chain)
+                else:
+                    guessed.add(chain)
+        if not exact:
+            approx_images.append(item["Id"].removeprefix("sha256:")[:12])
+    reasons = []
+    if guessed:
+        shown = ", ".join(approx_images[:5]) + (" ..." if len(approx_images) > 5 else "")
+        reasons.append(
+            f"layer sizes of {len(approx_images)} image(s) ({shown}) inferred from a history that does not "
+            "match their layer count; their per-layer split may be off"
+        )
+    return sizes, reasons
+
+
+def _containers(api: Any) -> list[ContainerFact]:
+    result: list[ContainerFact] = []
+    for item in api.containers(all=True):
+        try:
+            inspect = api.inspect_container(item["Id"])
+        except Exception as exc:
+            if _not_found(exc):
+                continue  # removed meanwhile
+            raise
+        state = inspect.get("State") or {}
+        config = inspect.get("Config") or {}
+        result.append(
+            ContainerFact(
+                id=inspect["Id"],
+                name=str(inspect.get("Name") or "").lstrip("/"),
+                image_id=str(inspect.get("Image") or item.get("ImageID") or ""),
+                image_ref=str(config.get("Image") or item.get("Image") or ""),
+                state=str(state.get("Status") or item.get("State") or "unknown"),
+                created=_ts(inspect.get("Created")) or _EPOCH,
+                started_at=_ts(state.get("StartedAt")),
+                finished_at=_ts(state.get("FinishedAt")),
+                labels=dict(config.get("Labels") or {}),
+                volumes=[
+                    m["Name"] for m in (inspect.get("Mounts") or []) if m.get("Type") == "volume" and m.get("Name")
+                ],
+            )
+        )
+    return result
+
+
+def _anonymous_volume(v: dict[str, Any]) -> bool:
+    labels = v.get("Labels") or {}
+    if "com.docker.volume.anonymous" in labels:
+        return True
+    # Older engines do not label anonymous volumes; their names are 64 hex characters.
+    return bool(re.fullmatch(r"[0-9a-f]{64}", str(v.get("Name") or "")))
+
+
+def _non_negative(value: Any) -> int | None:
+    if value is None:
+        return None
+    number = int(value)
+    return number if number >= 0 else None
+
+
+def _not_found(exc: BaseException) -> bool:
+    from docker.errors import NotFound
+
+    return isinstance(exc, NotFound)
+
+
+def collect_many(
+    hosts: Iterable[Host], forks: int = 5, timeout: float | None = None
+) -> tuple[dict[str, HostSnapshot], list[Unreachable]]:
+    """Return snapshots of all ``hosts`` (at most ``forks`` at once) and the hosts that could not be read."""
+    hosts = list(hosts)
+    snapshots: dict[str, HostSnapshot] = {}
+    unreachable: list[Unreachable] = []
+    if not hosts:
+        return snapshots, unreachable
+    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
+        futures = {h.name: pool.submit(collect, h, timeout) for h in hosts}
+        for name, future in futures.items():
+            try:
+                snapshots[name] = future.result()
+            except Exception as exc:  # one bad host must not stop the others
+                where = next(h.docker_host for h in hosts if h.name == name)
+                unreachable.append(Unreachable(host=name, reason=f"{where}: {describe_error(exc)}"))
+    return snapshots, unreachable
