@@ -420,6 +420,7 @@ def _containers(api: Any) -> list[ContainerFact]:
             raise
         state = inspect.get("State") or {}
         config = inspect.get("Config") or {}
+        mounts = inspect.get("Mounts") or []
         result.append(
             ContainerFact(
                 id=inspect["Id"],
@@ -431,9 +432,7 @@ def _containers(api: Any) -> list[ContainerFact]:
                 started_at=_ts(state.get("StartedAt")),
                 finished_at=_ts(state.get("FinishedAt")),
                 labels=dict(config.get("Labels") or {}),
-                volumes=[
-                    m["Name"] for m in (inspect.get("Mounts") or []) if m.get("Type") == "volume" and m.get("Name")
-                ],
+                volumes=[m["Name"] for m in mounts if m.get("Type") == "volume" and m.get("Name")],
             )
         )
     return result
