@@ -32,12 +32,15 @@ class Status(StrEnum):
 
 # Order of the report's "Success Criteria" list; ids are stable (JSON, JUnit, the Ansible role).
 CRITERIA: dict[str, str] = {
-    "storage_reduction": "Storage usage reduced by more than {pct:g}% against the baseline",
-    "services_build": "All services build successfully",
-    "image_size_cap": "Every service image under its size cap",
+    "storage_reduction": "Storage reduced by more than {pct:g}%",
+    "services_build": "All services build",
+    "image_size_cap": "Service images under the size cap",
     "zero_dangling": "At most {max_dangling} dangling images",
-    "build_time": "Every service builds in under {limit}",
+    "build_time": "Builds under {limit}",
 }
+
+
+_UNREACHABLE = "unreachable"
 
 
 class CriterionResult(BaseModel):
@@ -86,8 +89,8 @@ def image_bytes(snapshot: HostSnapshot) -> int:
 
 
 def build_cache_bytes(snapshot: HostSnapshot) -> int:
-    """Return the bytes of the host's build cache."""
-    return sum(record.size for record in snapshot.build_cache)
+    """Return the bytes of the host's build cache (shared records are not counted, as in a Baseline)."""
+    return sum(record.size for record in snapshot.build_cache if not record.shared)
 
 
 def latest_records(records: Iterable[BuildRecord]) -> dict[str, BuildRecord]:
@@ -125,9 +128,7 @@ def _storage(host: str, baseline: Baseline | None, snapshot: HostSnapshot, polic
             measured=f"no baseline ({human_size(now)} now)",
             threshold=threshold,
             limit=pct,
-            causes=[
-                "no baseline recorded for this host: run 'acgs-remediate analyze' before cleaning up"
-            ],
+            causes=["no baseline recorded for this host: run 'acgs-remediate analyze' before cleaning up"],
             details=[detail],
         )
     detail |= {"baseline_bytes": base, "baseline_recorded_at": baseline.recorded_at.isoformat()}
@@ -193,12 +194,13 @@ def _services_build(host: str, policy: Policy, latest: Mapping[str, BuildRecord]
             causes=["the policy configures no services (acgs_policy.services)"],
         )
     statuses, causes, details = [], [], []
+    unverified: dict[str, list[str]] = {}
     built = 0
     for svc in policy.services:
         record = latest.get(svc.name)
         if record is None:
             statuses.append(Status.not_verified)
-            causes.append(f"{svc.name}: no build recorded (not verified) — build it with phase2")
+            unverified.setdefault("no build recorded (phase2 records builds) for", []).append(svc.name)
             details.append({"service": svc.name, "status": Status.not_verified.value})
             continue
         details.append(
@@ -227,16 +229,14 @@ def _services_build(host: str, policy: Policy, latest: Mapping[str, BuildRecord]
         threshold=threshold,
         value=built,
         limit=total,
-        causes=_failures_first(causes, status),
+        causes=_causes(causes, unverified),
         details=details,
     )
 
 
-def _failures_first(causes: list[str], status: Status) -> list[str]:
-    # Failures are what the reader must fix first; keep not-verified lines after them.
-    if status is Status.passed:
-        return []
-    return sorted(causes, key=lambda c: "(not verified)" in c)
+def _causes(failures: list[str], unverified: Mapping[str, list[str]]) -> list[str]:
+    """Return failures first (what to fix), then one line per reason something could not be verified."""
+    return failures + [f"not verified: {reason} {', '.join(names)}" for reason, names in unverified.items()]
 
 
 def _size_cap(host: str, snapshot: HostSnapshot, policy: Policy) -> CriterionResult:
@@ -254,13 +254,14 @@ def _size_cap(host: str, snapshot: HostSnapshot, policy: Policy) -> CriterionRes
             causes=["the policy configures no services (acgs_policy.services)"],
         )
     statuses, causes, details = [], [], []
+    unverified: dict[str, list[str]] = {}
     largest: int | None = None
     for svc in policy.services:
         cap = policy.service_budget(svc)
         img = snapshot.image(svc.image)
         if img is None:
             statuses.append(Status.not_verified)
-            causes.append(f"{svc.name}: image {svc.image} is not on the host (not verified)")
+            unverified.setdefault("service image not on the host:", []).append(f"{svc.name} ({svc.image})")
             details.append(
                 {"service": svc.name, "image": svc.image, "cap": cap, "status": Status.not_verified.value}
             )
@@ -296,7 +297,7 @@ def _size_cap(host: str, snapshot: HostSnapshot, policy: Policy) -> CriterionRes
         threshold=threshold,
         value=largest,
         limit=next(iter(caps)) if len(caps) == 1 else None,
-        causes=_failures_first(causes, status),
+        causes=_causes(causes, unverified),
         details=details,
     )
 
@@ -357,14 +358,15 @@ def _build_time(host: str, policy: Policy, latest: Mapping[str, BuildRecord]) ->
             causes=["the policy configures no services (acgs_policy.services)"],
         )
     statuses, causes, details = [], [], []
+    unverified: dict[str, list[str]] = {}
     slowest: float | None = None
     for svc in policy.services:
         record = latest.get(svc.name)
         if record is None or not record.ok:
             # A failed build proves nothing about how long a good one takes.
             statuses.append(Status.not_verified)
-            why = "no build recorded" if record is None else "its latest build failed"
-            causes.append(f"{svc.name}: {why} (not verified)")
+            why = "no build recorded for" if record is None else "latest build failed for"
+            unverified.setdefault(why, []).append(svc.name)
             details.append(
                 {
                     "service": svc.name,
@@ -392,7 +394,7 @@ def _build_time(host: str, policy: Policy, latest: Mapping[str, BuildRecord]) ->
         threshold=threshold,
         value=slowest,
         limit=limit,
-        causes=_failures_first(causes, status),
+        causes=_causes(causes, unverified),
         details=details,
     )
 
@@ -425,7 +427,7 @@ def unreachable_results(host: Unreachable, policy: Policy | None = None) -> list
             title=titles[cid],
             host=host.host,
             status=Status.not_verified,
-            measured="unreachable",
+            measured=_UNREACHABLE,
             threshold="-",
             causes=[f"engine unreachable: {host.reason}"],
         )
@@ -448,7 +450,7 @@ def _titles(policy: Policy) -> dict[str, str]:
 
 
 def rollup(per_host: Mapping[str, Sequence[CriterionResult]]) -> list[CriterionResult]:
-    """Return one fleet-wide verdict per criterion: the worst host verdict, with each host's causes."""
+    """Return one fleet-wide verdict per criterion: the worst host verdict, one cause line per host."""
     fleet: list[CriterionResult] = []
     for cid in CRITERIA:
         results = [r for rs in per_host.values() for r in rs if r.id == cid]
@@ -461,7 +463,8 @@ def rollup(per_host: Mapping[str, Sequence[CriterionResult]]) -> list[CriterionR
         extra += [f"{counts[Status.not_verified]} not verified"] if counts[Status.not_verified] else []
         if extra:
             measured += " (" + ", ".join(extra) + ")"
-        causes = [f"{r.host}: {c}" for r in results for c in r.causes]
+        # One line per host that does not pass (its first cause); the host's own result lists them all.
+        causes = [_fleet_cause(r) for r in results if r.status is not Status.passed and r.causes]
         fleet.append(
             CriterionResult(
                 id=cid,
@@ -477,6 +480,13 @@ def rollup(per_host: Mapping[str, Sequence[CriterionResult]]) -> list[CriterionR
             )
         )
     return fleet
+
+
+def _fleet_cause(r: CriterionResult) -> str:
+    if r.measured == _UNREACHABLE:
+        return f"{r.host}: engine unreachable"
+    more = f" (+{len(r.causes) - 1} more)" if len(r.causes) > 1 else ""
+    return f"{r.host}: {r.causes[0]}{more}"
 
 
 def overall(results: Iterable[CriterionResult]) -> Status:
