@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import analysis
 from .config import Policy
 from .models import Baseline, BuildRecord, HostSnapshot, ImageFact, Unreachable
 from .units import human_duration, human_size
@@ -77,20 +78,18 @@ def _worst(statuses: Iterable[Status]) -> Status:
 
 
 def image_bytes(snapshot: HostSnapshot) -> int:
-    """Return the bytes image layers occupy, each shared layer counted once.
+    """Return the bytes image layers occupy, each shared layer counted once — measured as a Baseline is.
 
-    The engine's own /system/df LayersSize when it reported one (what a Baseline records), else the
-    sum of the unique layers referenced by the listed images.
+    The engine's own /system/df LayersSize when it reported one, else the unique layers of the listed images.
     """
     if snapshot.df_layers_size is not None:
         return snapshot.df_layers_size
-    layers = {chain for img in snapshot.images for chain in img.layers}
-    return sum(snapshot.layer_sizes.get(chain, 0) for chain in layers)
+    return analysis.image_layer_bytes(snapshot)
 
 
 def build_cache_bytes(snapshot: HostSnapshot) -> int:
-    """Return the bytes of the host's build cache (shared records are not counted, as in a Baseline)."""
-    return sum(record.size for record in snapshot.build_cache if not record.shared)
+    """Return the bytes of the host's build cache, counted as a Baseline counts them."""
+    return analysis.storage_bytes(snapshot)["build_cache"]
 
 
 def latest_records(records: Iterable[BuildRecord]) -> dict[str, BuildRecord]:
@@ -307,7 +306,7 @@ def _dangling(host: str, snapshot: HostSnapshot, policy: Policy) -> CriterionRes
     title = CRITERIA["zero_dangling"].format(max_dangling=limit)
     if limit == 0:
         title = "Zero dangling images"
-    dangling = sorted((i for i in snapshot.images if i.dangling), key=lambda i: (-i.size, i.id))
+    dangling = sorted(analysis.dangling_images(snapshot), key=lambda i: (-i.size, i.id))
     details = []
     causes = []
     for img in dangling:
