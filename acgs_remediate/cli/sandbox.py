@@ -1,1 +1,113 @@
-"""(filled by its command group)."""
+"""`acgs-remediate sandbox up|status|down`: a local fleet of real Docker engines to try everything on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..sandbox import Sandbox, SandboxStatus
+from ..sandbox_paths import default_sandbox_dir
+from . import app
+from .common import OutputFormat, err, out, print_json
+
+sandbox_app = typer.Typer(
+    name="sandbox",
+    help="A local fleet of real, isolated dockerd engines with an inventory and a seeded scenario.",
+    no_args_is_help=True,
+)
+app.add_typer(sandbox_app, name="sandbox")
+
+DirOpt = Annotated[
+    Path | None,
+    typer.Option("--dir", "-d", help="Sandbox directory (short: unix socket paths). Default: $ACGS_SANDBOX_DIR "
+                 "or /var/lib/acgs-sb.", show_default=False),
+]
+
+
+def _dir(option: Path | None) -> Path:
+    return (option or default_sandbox_dir()).expanduser()
+
+
+class _Progress:
+    """Progress on stderr: one timestamped line per step under a spinner showing the current one."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.status = err.status("starting", spinner="dots")
+
+    def __call__(self, message: str) -> None:
+        err.print(f"[dim]{time.monotonic() - self.t0:6.1f}s[/] {escape(message)}")
+        self.status.update(escape(message))
+
+
+def _table(st: SandboxStatus) -> Table:
+    table = Table(title=f"sandbox {st.directory} — scenario {st.scenario or 'none'}", title_justify="left")
+    for col in ("host", "docker_host", "pid", "state", "engine name", "engine id", "images", "containers"):
+        table.add_column(col)
+    for h in st.hosts:
+        table.add_row(
+            h.name, h.docker_host, str(h.pid or "-"), "[green]up[/]" if h.running else "[red]down[/]",
+            h.engine_name or "-", (h.engine_id or "-")[:14],
+            "-" if h.images is None else str(h.images),
+            "-" if h.containers is None else f"{h.containers} ({h.containers_running} running)",
+        )
+    return table
+
+
+@sandbox_app.command("up")
+def up(
+    hosts: Annotated[int, typer.Option("--hosts", "-n", min=1, max=99, help="Number of engines (hosts).")] = 3,
+    scenario: Annotated[str, typer.Option("--scenario", "-s", help="Scenario to seed: acgs-1, a scenario path, "
+                                          "or none (empty engines).")] = "acgs-1",
+    directory: DirOpt = None,
+) -> None:
+    """Start N isolated dockerd engines, write their inventory and seed the scenario (idempotent)."""
+    sb = Sandbox(_dir(directory))
+    progress = _Progress()
+    with progress.status:
+        st = sb.up(hosts, None if scenario == "none" else scenario, log=progress)
+    err.print(_table(st))
+    err.print(f"inventory: {sb.inventory_path}")
+    err.print(f"try: acgs-remediate analyze -i {sb.inventory_path}")
+
+
+@sandbox_app.command("status")
+def status(
+    directory: DirOpt = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format (table or json).")] = OutputFormat.table,
+) -> None:
+    """Show the sandbox engines: state, engine ID and name, images, containers. Exit 1 if one is down."""
+    sb = Sandbox(_dir(directory))
+    st = sb.status()
+    if fmt is OutputFormat.json:
+        print_json(st.to_dict())
+    elif not st.exists:
+        err.print(f"no sandbox in {st.directory} (start one with 'acgs-remediate sandbox up')")
+    elif fmt is OutputFormat.markdown:
+        out.print("| host | docker_host | state | engine name | images | containers |")
+        out.print("|---|---|---|---|---|---|")
+        for h in st.hosts:
+            out.print(f"| {h.name} | {h.docker_host} | {'up' if h.running else 'down'} | {h.engine_name or '-'} "
+                      f"| {h.images if h.images is not None else '-'} | {h.containers if h.containers is not None else '-'} |")
+    else:
+        out.print(_table(st))
+    if not st.exists:
+        raise typer.Exit(1)
+    if not st.up:
+        if fmt is not OutputFormat.json:
+            err.print("[red]some engines are down[/]: 'acgs-remediate sandbox up' recovers the sandbox")
+        raise typer.Exit(1)
+
+
+@sandbox_app.command("down")
+def down(directory: DirOpt = None) -> None:
+    """Stop every engine and remove the sandbox; leaves no process, mount or cgroup behind."""
+    sb = Sandbox(_dir(directory))
+    progress = _Progress()
+    with progress.status:
+        sb.down(log=progress)

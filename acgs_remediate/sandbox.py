@@ -1,0 +1,891 @@
+"""The sandbox fleet: N real, isolated dockerd engines on this machine, an inventory for them, a seeded scenario.
+
+Layout of a sandbox directory D (kept short: unix socket paths are limited to 108 bytes)::
+
+    D/sandbox.json           what runs: hosts, pids, scenario, content hash (status/down/recovery read it)
+    D/inventory.yml          group `sandbox`, one host per engine with its docker_host
+    D/group_vars/all.yml     acgs_policy from the scenario
+    D/sources/               the scenario's service source trees (phase 1 may repair them)
+    D/hNN/{root,exec,etc,docker.sock,docker.pid,dockerd.log}   one engine
+
+Each engine runs under ``unshare --mount --uts`` with its own /etc/docker (so its engine ID differs) and its
+own hostname (so its name differs); overlay mounts stay inside that namespace. Seeding builds the scenario
+once into a cached *golden* engine, then gives every host a copy of its data-root whose immutable image
+layers are hard links (near-free), and applies the scenario's small per-host variant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import EngineError, EnvironmentProblem, UsageError
+
+Log = Callable[[str], None]
+
+HOST_PREFIX = "sb-h"
+GROUP = "sandbox"
+STATE_FILE = "sandbox.json"
+GOLDEN_CACHE_ENV = "ACGS_GOLDEN_CACHE"
+DEFAULT_GOLDEN_CACHE = Path("/var/cache/acgs-remediate/golden")
+WHEELHOUSE_CACHE = Path("/var/cache/acgs-remediate/wheelhouse")
+MAX_HOSTS = 99
+# The longest socket path dockerd creates below an engine's base dir (containerd's debug socket).
+_LONGEST_SOCKET_SUFFIX = "/exec/containerd/containerd-debug.sock"
+_UNIX_PATH_MAX = 107
+# Entries of a data-root that are never copied from the golden engine: containerd's own state and
+# scratch space are rebuilt by each engine (and containerd's bolt DB embeds absolute paths).
+_SKIP_IN_CLONE = {"containerd", "tmp", "runtimes"}
+_ENGINE_PROGRAMS = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc", "docker-init",
+                    "docker-proxy")
+
+
+def _quiet(_msg: str) -> None:
+    return None
+
+
+# --------------------------------------------------------------------------------------------- status
+
+
+@dataclass
+class EngineStatus:
+    """One sandbox engine as seen now."""
+
+    name: str
+    index: int
+    docker_host: str
+    pid: int | None
+    running: bool
+    engine_id: str | None = None
+    engine_name: str | None = None
+    server_version: str | None = None
+    images: int | None = None
+    containers: int | None = None
+    containers_running: int | None = None
+
+
+@dataclass
+class SandboxStatus:
+    """The whole sandbox: where it lives, what scenario it holds, and each engine."""
+
+    directory: Path
+    scenario: str | None = None
+    content_hash: str | None = None
+    created: str | None = None
+    hosts: list[EngineStatus] = field(default_factory=list)
+
+    @property
+    def exists(self) -> bool:
+        """Return whether a sandbox is recorded in the directory."""
+        return bool(self.hosts)
+
+    @property
+    def up(self) -> bool:
+        """Return whether every recorded engine answers."""
+        return bool(self.hosts) and all(h.running for h in self.hosts)
+
+    @property
+    def inventory_path(self) -> Path:
+        """Return the inventory written for this sandbox."""
+        return self.directory / "inventory.yml"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready mapping."""
+        return {
+            "directory": str(self.directory),
+            "up": self.up,
+            "scenario": self.scenario,
+            "content_hash": self.content_hash,
+            "created": self.created,
+            "inventory": str(self.inventory_path) if self.exists else None,
+            "hosts": [asdict(h) for h in self.hosts],
+        }
+
+
+# --------------------------------------------------------------------------------------------- engines
+
+
+@dataclass(frozen=True)
+class _Engine:
+    """Where one dockerd keeps everything, and what it is called."""
+
+    base: Path
+    hostname: str
+    cgroup_parent: str
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def exec_root(self) -> Path:
+        return self.base / "exec"
+
+    @property
+    def etc(self) -> Path:
+        return self.base / "etc"
+
+    @property
+    def sock(self) -> Path:
+        return self.base / "docker.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.base / "docker.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.base / "dockerd.log"
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.sock}"
+
+    def argv(self) -> list[str]:
+        """Return the command that starts this engine in its own mount and UTS namespace."""
+        # The shell step runs inside the new namespaces: our /etc/docker (own key.json -> own engine ID)
+        # and our hostname (-> own engine name), then it becomes dockerd (same PID).
+        script = 'mount --bind "$1" /etc/docker && hostname "$2" && shift 2 && exec "$@"'
+        return [
+            _which("unshare"), "--mount", "--uts", "--propagation", "slave", "--",
+            "/bin/sh", "-c", script, "sh", str(self.etc), self.hostname,
+            _which("dockerd"),
+            "--data-root", str(self.root),
+            "--exec-root", str(self.exec_root),
+            "--pidfile", str(self.pidfile),
+            "-H", self.docker_host,
+            "--config-file", str(self.etc / "daemon.json"),
+            "--cgroup-parent", f"/{self.cgroup_parent}",
+            "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-forward=false",
+            "--userland-proxy=false",
+            # Containers run with --init; a short grace keeps engine stops quick.
+            "--shutdown-timeout=5",
+        ]
+
+
+def _which(program: str) -> str:
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if not path:
+        raise EnvironmentProblem(f"{program} not found", hint="apt-get install docker.io util-linux (or run 'make setup')")
+    return path
+
+
+# Engines this process started; waited on so they leave no zombies in long-lived processes (pytest).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _pid_alive(pid: int) -> bool:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            _CHILDREN.pop(pid, None)
+            return False
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _proc_cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _api(sock: Path, method: str, path: str, timeout: float = 5.0, body: Any = None) -> tuple[int, Any]:
+    """Return (status, decoded JSON or None) of one Engine API call over a unix socket."""
+
+    class _Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.connect(str(sock))
+            self.sock = s
+
+    conn = _Conn("localhost", timeout=timeout)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        conn.request(method, path, body=payload, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = raw.decode(errors="replace")
+        return resp.status, data
+    finally:
+        conn.close()
+
+
+def _ping(sock: Path) -> bool:
+    try:
+        return _api(sock, "GET", "/_ping", timeout=2.0)[0] == 200
+    except OSError:
+        return False
+
+
+def _start_engine(engine: _Engine) -> int:
+    """Start one dockerd (not waiting for it); return its PID."""
+    for d in (engine.root, engine.exec_root, engine.etc):
+        d.mkdir(parents=True, exist_ok=True)
+    cfg = engine.etc / "daemon.json"
+    if not cfg.exists():
+        # Our own (empty) config file: the machine's /etc/docker/daemon.json must not apply.
+        cfg.write_text("{}\n")
+    stale = _read_pid(engine.pidfile)
+    if stale is not None and not _pid_alive(stale):
+        engine.pidfile.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        engine.sock.unlink()
+    with open(engine.logfile, "ab") as log:
+        # A new session: the engines outlive the CLI and ignore its Ctrl-C.
+        proc = subprocess.Popen(engine.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd="/")
+    _CHILDREN[proc.pid] = proc
+    return proc.pid
+
+
+def _wait_ready(engine: _Engine, pid: int, timeout: float = 60.0) -> None:
+    """Wait until the engine answers /_ping; raise EngineError with its log's tail if it died or hung."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while time.monotonic() < deadline:
+        if _ping(engine.sock):
+            return
+        if not _pid_alive(pid):
+            break
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    tail = ""
+    with contextlib.suppress(OSError):
+        lines = [ln for ln in engine.logfile.read_text(errors="replace").splitlines() if ln.strip()]
+        tail = lines[-1][-300:] if lines else ""
+    state = "exited" if not _pid_alive(pid) else f"did not answer within {timeout:.0f} s"
+    raise EngineError(f"dockerd for {engine.hostname} {state}: {tail}", hint=f"see {engine.logfile}")
+
+
+def _processes_of(engine: _Engine) -> list[int]:
+    """Return PIDs of dockerd/containerd/shims whose command line names this engine's directories."""
+    marker = f"{engine.base}/"
+    me = os.getpid()
+    found: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        args = _proc_cmdline(int(entry.name))
+        if not args:
+            continue
+        prog = os.path.basename(args[0])
+        # Only the engine's own programs: never a user's `tail -f D/h01/dockerd.log`.
+        if not (prog in _ENGINE_PROGRAMS or prog.startswith("containerd-shim") or prog == "unshare"):
+            continue
+        if any(marker in a or a == str(engine.base) for a in args[1:]):
+            found.append(int(entry.name))
+    return found
+
+
+def _cgroup_dirs(parent: str) -> list[Path]:
+    """Return every cgroup directory (all hierarchies, v1 and v2) named after ``parent``."""
+    base = Path("/sys/fs/cgroup")
+    dirs = []
+    if (base / parent).is_dir():
+        dirs.append(base / parent)
+    with contextlib.suppress(OSError):
+        for ctl in base.iterdir():
+            if (ctl / parent).is_dir():
+                dirs.append(ctl / parent)
+    return dirs
+
+
+def _cgroup_pids(parent: str) -> set[int]:
+    pids: set[int] = set()
+    for top in _cgroup_dirs(parent):
+        for dirpath, _dirs, files in os.walk(top):
+            if "cgroup.procs" in files:
+                with contextlib.suppress(OSError, ValueError):
+                    pids.update(int(x) for x in Path(dirpath, "cgroup.procs").read_text().split())
+    return pids
+
+
+def _remove_cgroups(parent: str) -> None:
+    for top in _cgroup_dirs(parent):
+        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+
+
+def _signal(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait until the PIDs are gone; return those still alive after ``timeout``."""
+    left = list(pids)
+    deadline = time.monotonic() + timeout
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if _pid_alive(p)]
+        if left:
+            time.sleep(0.05)
+    return [p for p in left if _pid_alive(p)]
+
+
+def _stop_engine(engine: _Engine, pid: int | None, graceful: bool = True, timeout: float = 30.0) -> None:
+    """Stop one engine and everything it left behind (containerd, shims, container processes, cgroups)."""
+    main = [p for p in {pid, _read_pid(engine.pidfile)} if p and _pid_alive(p)]
+    if graceful and main:
+        _signal(main, signal.SIGTERM)
+        main = _wait_gone(main, timeout)
+    _signal(main, signal.SIGKILL)
+    _wait_gone(main, 5.0)
+    # After dockerd is gone: shims and container processes may survive it (a SIGKILLed dockerd
+    # never stops them). End them by PID: the shims by their exec-root, containers by cgroup.
+    for _ in range(3):
+        leftovers = set(_processes_of(engine)) | _cgroup_pids(engine.cgroup_parent)
+        leftovers.discard(os.getpid())
+        if not leftovers:
+            break
+        _signal(leftovers, signal.SIGKILL)
+        _wait_gone(leftovers, 5.0)
+    for p in [pid, _read_pid(engine.pidfile)]:
+        if p is not None and p in _CHILDREN:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                _CHILDREN.pop(p).wait(timeout=1)
+    _remove_cgroups(engine.cgroup_parent)
+    engine.pidfile.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        engine.sock.unlink()
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Return mount points in our namespace at or below ``path`` (deepest first)."""
+    prefix = str(path).rstrip("/") + "/"
+    points = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            point = line.split()[4].replace("\\040", " ")
+            if point == str(path) or point.startswith(prefix):
+                points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+def _unmount_under(path: Path) -> None:
+    for point in _mounts_under(path):
+        subprocess.run([_which("umount"), "-l", point], check=False, capture_output=True)
+
+
+def _running_container_ids(sock: Path) -> list[str]:
+    status, data = _api(sock, "GET", "/containers/json", timeout=30.0)
+    if status != 200:
+        raise EngineError(f"listing containers on {sock} failed: HTTP {status}")
+    return sorted(c["Id"] for c in data)
+
+
+def _ensure_running(sock: Path, ids: Iterable[str]) -> None:
+    """Start the containers that ran in the golden engine (those without a restart policy stay stopped)."""
+    for cid in ids:
+        status, data = _api(sock, "GET", f"/containers/{cid}/json", timeout=30.0)
+        if status == 200 and data.get("State", {}).get("Running"):
+            continue
+        code, resp = _api(sock, "POST", f"/containers/{cid}/start", timeout=60.0)
+        if code not in (204, 304):
+            raise EngineError(f"starting container {cid[:12]} on {sock} failed: HTTP {code} {resp}")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (blocks): two concurrent `up`s never build the same thing twice."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _golden_cache() -> Path:
+    return Path(os.environ.get(GOLDEN_CACHE_ENV) or DEFAULT_GOLDEN_CACHE)
+
+
+def _layer_dirs(root: Path) -> set[str]:
+    """Return the overlay2 directory names of image layers (immutable: safe to hard-link between engines)."""
+    names: set[str] = set()
+    layerdb = root / "image" / "overlay2" / "layerdb" / "sha256"
+    with contextlib.suppress(OSError):
+        for chain in layerdb.iterdir():
+            with contextlib.suppress(OSError):
+                names.add((chain / "cache-id").read_text().strip())
+    return names
+
+
+def _clone_data_root(golden: _Engine, host: _Engine) -> None:
+    """Give ``host`` a copy of the golden data-root: image layers hard-linked, everything else copied."""
+    src, dst = golden.root, host.root
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    cp = _which("cp")
+    layers = _layer_dirs(src)
+    for entry in sorted(src.iterdir()):
+        if entry.name in _SKIP_IN_CLONE:
+            continue
+        if entry.name != "overlay2":
+            subprocess.run([cp, "-a", str(entry), str(dst / entry.name)], check=True, capture_output=True)
+            continue
+        (dst / "overlay2").mkdir()
+        linked, copied = [], []
+        for d in (src / "overlay2").iterdir():
+            (linked if d.name in layers else copied).append(str(d))
+        # Container layers (and l/ with its relative symlinks) are written to: real copies.
+        # Batches keep argv well below the kernel's limit.
+        for flag, items in (("-al", linked), ("-a", copied)):
+            for i in range(0, len(items), 500):
+                chunk = items[i:i + 500]
+                if chunk:
+                    subprocess.run([cp, flag, *chunk, str(dst / "overlay2")], check=True, capture_output=True)
+    # Container configs embed the golden engine's absolute paths (log, hosts, resolv.conf, netns, volumes).
+    pairs = [(f"{golden.root}/", f"{host.root}/"), (f"{golden.exec_root}/", f"{host.exec_root}/")]
+    for cfg in list(dst.glob("containers/*/*.json")):
+        text = cfg.read_text()
+        new = text
+        for old, repl in pairs:
+            new = new.replace(old, repl)
+        if new != text:
+            cfg.write_text(new)
+
+
+def _load_scenario_module() -> Any:
+    try:
+        from . import scenario as scenario_module
+    except ImportError as exc:
+        raise EnvironmentProblem(f"the scenario module is not available: {exc}",
+                                 hint="use --scenario none for empty engines") from None
+    return scenario_module
+
+
+# --------------------------------------------------------------------------------------------- sandbox
+
+
+class Sandbox:
+    """A sandbox fleet living in one directory (see the module docstring for its layout)."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory).absolute()
+
+    # ---- paths and names
+
+    @property
+    def state_path(self) -> Path:
+        """Return D/sandbox.json."""
+        return self.directory / STATE_FILE
+
+    @property
+    def inventory_path(self) -> Path:
+        """Return D/inventory.yml."""
+        return self.directory / "inventory.yml"
+
+    @property
+    def sources_root(self) -> Path:
+        """Return D/sources (the scenario's service source trees)."""
+        return self.directory / "sources"
+
+    @staticmethod
+    def host_name(index: int) -> str:
+        """Return the inventory name of host ``index`` (0-based): sb-h01, sb-h02, ..."""
+        return f"{HOST_PREFIX}{index + 1:02d}"
+
+    def _engine(self, index: int) -> _Engine:
+        digest = hashlib.sha1(str(self.directory).encode()).hexdigest()[:8]
+        return _Engine(self.directory / f"h{index + 1:02d}", self.host_name(index), f"acgs-{digest}-h{index + 1:02d}")
+
+    def _index(self, host: str) -> int:
+        state = self._state()
+        names = [h["name"] for h in state.get("hosts", [])]
+        if host not in names:
+            raise UsageError(f"no sandbox host {host!r} in {self.directory}",
+                             hint=f"hosts there: {', '.join(names) or '(none: run sandbox up)'}")
+        return names.index(host)
+
+    def docker_host(self, host: str) -> str:
+        """Return the docker_host URL of sandbox host ``host``."""
+        return self._engine(self._index(host)).docker_host
+
+    def hosts(self) -> list[str]:
+        """Return the recorded host names."""
+        return [h["name"] for h in self._state().get("hosts", [])]
+
+    # ---- recorded state
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{self.state_path} is unreadable: {exc}",
+                             hint="run 'acgs-remediate sandbox down' to clean it up") from None
+        return data if isinstance(data, dict) else {}
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        _write_atomic(self.state_path, json.dumps(state, indent=2) + "\n")
+
+    # ---- checks
+
+    def _check_directory(self) -> None:
+        sock = f"{self._engine(MAX_HOSTS - 1).base}{_LONGEST_SOCKET_SUFFIX}"
+        if len(sock) > _UNIX_PATH_MAX:
+            raise UsageError(f"sandbox directory {self.directory} is too long for unix socket paths "
+                             f"({len(str(self.directory))} characters)",
+                             hint="use a short --dir such as /var/lib/acgs-sb")
+        if self.directory.exists() and not self.directory.is_dir():
+            raise UsageError(f"{self.directory} exists and is not a directory", hint="pass another --dir")
+        if self.directory.is_dir() and not self.state_path.exists():
+            ours = {STATE_FILE, "inventory.yml", "group_vars", "sources", "work"}
+            foreign = [p.name for p in self.directory.iterdir()
+                       if p.name not in ours and not (p.name.startswith("h") and p.name[1:].isdigit())]
+            if foreign:
+                raise UsageError(f"{self.directory} is not empty and holds no sandbox (found {foreign[0]})",
+                                 hint="pass an empty or new --dir; the sandbox deletes its directory on down")
+
+    # ---- the public operations
+
+    def status(self, probe: bool = True) -> SandboxStatus:
+        """Return what the recorded sandbox looks like now (engines probed over their sockets)."""
+        state = self._state()
+        result = SandboxStatus(self.directory, state.get("scenario"), state.get("content_hash"), state.get("created"))
+        for i, rec in enumerate(state.get("hosts", [])):
+            engine = self._engine(i)
+            pid = _read_pid(engine.pidfile) or rec.get("pid")
+            es = EngineStatus(rec["name"], i, engine.docker_host, pid, False)
+            if probe and pid and _pid_alive(pid):
+                with contextlib.suppress(OSError, ValueError, TypeError):
+                    code, info = _api(engine.sock, "GET", "/info", timeout=5.0)
+                    if code == 200:
+                        es.running = True
+                        es.engine_id, es.engine_name = info.get("ID"), info.get("Name")
+                        es.server_version = info.get("ServerVersion")
+                        es.containers, es.containers_running = info.get("Containers"), info.get("ContainersRunning")
+                        code, images = _api(engine.sock, "GET", "/images/json", timeout=10.0)
+                        es.images = len(images) if code == 200 else None
+            result.hosts.append(es)
+        return result
+
+    def up(self, hosts: int, scenario: str | None = "acgs-1", log: Log = _quiet) -> SandboxStatus:
+        """Start ``hosts`` engines, write the inventory, seed ``scenario`` (None/"none": empty engines)."""
+        if not 1 <= hosts <= MAX_HOSTS:
+            raise UsageError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
+        scen_name = None if scenario in (None, "", "none") else scenario
+        self._check_directory()
+        check_environment()
+        scen_mod = scen = None
+        content_hash = None
+        if scen_name is not None:
+            scen_mod = _load_scenario_module()
+            scen = scen_mod.load_scenario(scen_name)
+            content_hash = scen.content_hash()
+
+        with _flock(self.directory.parent / f".{self.directory.name}.lock"):
+            state = self._state()
+            if state:
+                current = self.status()
+                same = (len(current.hosts) == hosts and state.get("scenario") == (scen.name if scen else None)
+                        and state.get("content_hash") == content_hash and state.get("state") == "up")
+                if same and current.up:
+                    log(f"sandbox in {self.directory} is already up with {hosts} hosts "
+                        f"(scenario {state.get('scenario') or 'none'}): nothing to do")
+                    return current
+                why = ("a different size or scenario was asked for" if current.up
+                       else "it is not healthy (an engine is down or a previous run crashed)")
+                log(f"replacing the sandbox in {self.directory}: {why}")
+            if state or self.directory.is_dir():
+                self._teardown(log)
+            return self._create(hosts, scen_mod, scen, content_hash, log)
+
+    def down(self, log: Log = _quiet) -> None:
+        """Stop every engine and remove the sandbox: no process, mount or cgroup is left behind."""
+        self._check_directory()
+        if not self.directory.exists():
+            log(f"no sandbox in {self.directory}: nothing to do")
+            return
+        check_environment(need_dockerd=False)
+        with _flock(self.directory.parent / f".{self.directory.name}.lock"):
+            self._teardown(log)
+
+    def stop_engine(self, host: str) -> None:
+        """Stop one host's engine (a fault test: an engine down mid-run); its data stays."""
+        index = self._index(host)
+        engine = self._engine(index)
+        _stop_engine(engine, self._state()["hosts"][index].get("pid"))
+
+    def start_engine(self, host: str) -> None:
+        """Start one host's engine again and wait until it answers."""
+        index = self._index(host)
+        engine = self._engine(index)
+        if _ping(engine.sock):
+            return
+        _stop_engine(engine, None, graceful=False)  # clear leftovers of a killed engine
+        pid = _start_engine(engine)
+        _wait_ready(engine, pid)
+        state = self._state()
+        state["hosts"][index]["pid"] = pid
+        self._save_state(state)
+
+    def reseed(self, hosts: list[str] | None = None, log: Log = _quiet) -> None:
+        """Put ``hosts`` (default: all) back to the freshly seeded state: a fresh golden copy each."""
+        check_environment()
+        state = self._state()
+        if not state:
+            raise UsageError(f"no sandbox in {self.directory}", hint="run 'acgs-remediate sandbox up' first")
+        names = [h["name"] for h in state["hosts"]]
+        targets = names if hosts is None else hosts
+        indexes = [self._index(h) for h in targets]
+        scen_mod = scen = None
+        golden = None
+        if state.get("scenario"):
+            scen_mod = _load_scenario_module()
+            scen = scen_mod.load_scenario(state["scenario"])
+            golden = self._golden(scen_mod, scen, log)
+        count = len(names)
+
+        def one(index: int) -> int:
+            engine = self._engine(index)
+            _stop_engine(engine, state["hosts"][index].get("pid"), graceful=False)
+            if golden is not None:
+                _clone_data_root(golden[0], engine)
+            elif engine.root.exists():
+                shutil.rmtree(engine.root)
+            pid = _start_engine(engine)
+            _wait_ready(engine, pid)
+            if golden is not None:
+                _ensure_running(engine.sock, golden[1])
+                scen_mod.apply_variant(engine.docker_host, scen, index, count, log)
+            return pid
+
+        with ThreadPoolExecutor(max_workers=min(4, len(indexes)) or 1) as pool:
+            pids = list(pool.map(one, indexes))
+        state = self._state()
+        for index, pid in zip(indexes, pids, strict=True):
+            state["hosts"][index]["pid"] = pid
+        self._save_state(state)
+
+    # ---- internals
+
+    def _teardown(self, log: Log) -> None:
+        """Stop engines recorded or found in D, clean leftovers, remove D (only what a sandbox creates)."""
+        state = self._state()
+        recorded = {i: h.get("pid") for i, h in enumerate(state.get("hosts", []))}
+        # Also engines of a crashed `up` that never got recorded: every hNN directory present.
+        if self.directory.is_dir():
+            for p in self.directory.iterdir():
+                if p.is_dir() and p.name.startswith("h") and p.name[1:].isdigit():
+                    recorded.setdefault(int(p.name[1:]) - 1, None)
+        if recorded:
+            log(f"stopping {len(recorded)} engines")
+        with ThreadPoolExecutor(max_workers=min(20, len(recorded)) or 1) as pool:
+            list(pool.map(lambda item: _stop_engine(self._engine(item[0]), item[1]), recorded.items()))
+        _unmount_under(self.directory)
+        left = _mounts_under(self.directory)
+        if left:
+            raise EngineError(f"cannot unmount {left[0]}", hint="check what holds it with 'fuser -m'")
+        for name in ("inventory.yml", STATE_FILE):
+            (self.directory / name).unlink(missing_ok=True)
+        for i in recorded:
+            shutil.rmtree(self._engine(i).base, ignore_errors=True)
+        for name in ("group_vars", "sources", "work"):
+            shutil.rmtree(self.directory / name, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
+        log(f"sandbox in {self.directory} removed")
+
+    def _golden(self, scen_mod: Any, scen: Any, log: Log) -> tuple[_Engine, list[str]]:
+        """Return the golden engine (seeded, stopped, cached) and the containers that ran in it."""
+        key = f"{scen.name}-{scen.content_hash()[:12]}"
+        cache = _golden_cache()
+        base = cache / key
+        engine = _Engine(base, f"golden-{scen.name}"[:63], f"acgs-golden-{key}")
+        meta_path = base / "golden.json"
+        with _flock(cache / f"{key}.lock"):
+            if meta_path.is_file():
+                meta = json.loads(meta_path.read_text())
+                log(f"golden engine for {scen.name} cached in {base}")
+                return engine, list(meta.get("running", []))
+            if base.exists():
+                log(f"removing an incomplete golden engine in {base}")
+                _stop_engine(engine, None, graceful=False)
+                shutil.rmtree(base)
+            self._prune_golden(cache, scen.name, keep=key, log=log)
+            t0 = time.monotonic()
+            log(f"seeding the golden engine for scenario {scen.name} (once; cached in {base})")
+            pid = _start_engine(engine)
+            try:
+                _wait_ready(engine, pid)
+                work = base / "work"
+                work.mkdir(parents=True, exist_ok=True)
+                scen_mod.seed_engine(engine.docker_host, scen, work, log)
+                # Restart once: drops the network sandboxes left by builds and runs, so copies start clean.
+                _stop_engine(engine, pid)
+                pid = _start_engine(engine)
+                _wait_ready(engine, pid)
+                running = _running_container_ids(engine.sock)
+            finally:
+                _stop_engine(engine, pid)
+            shutil.rmtree(base / "work", ignore_errors=True)
+            _write_atomic(meta_path, json.dumps({
+                "scenario": scen.name, "content_hash": scen.content_hash(), "root": str(engine.root),
+                "running": running, "seconds": round(time.monotonic() - t0, 1),
+            }, indent=2) + "\n")
+            log(f"golden engine seeded in {time.monotonic() - t0:.0f} s")
+            return engine, running
+
+    @staticmethod
+    def _prune_golden(cache: Path, name: str, keep: str, log: Log) -> None:
+        """Remove golden engines of older versions of the same scenario (disk is shared)."""
+        for old in cache.glob(f"{name}-*"):
+            if old.name == keep or not old.is_dir() or len(old.name) != len(keep):
+                continue
+            lock = cache / f"{old.name}.lock"
+            with open(lock, "a+") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # another run uses it
+                _stop_engine(_Engine(old, "golden", f"acgs-golden-{old.name}"), None, graceful=False)
+                shutil.rmtree(old, ignore_errors=True)
+                log(f"removed outdated golden engine {old}")
+            lock.unlink(missing_ok=True)
+
+    def _create(self, hosts: int, scen_mod: Any, scen: Any, content_hash: str | None, log: Log) -> SandboxStatus:
+        t0 = time.monotonic()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        engines = [self._engine(i) for i in range(hosts)]
+        state: dict[str, Any] = {
+            "version": 1,
+            "state": "starting",
+            "directory": str(self.directory),
+            "scenario": scen.name if scen else None,
+            "content_hash": content_hash,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "hosts": [{"name": e.hostname, "docker_host": e.docker_host, "pid": None} for e in engines],
+        }
+        # Recorded before anything starts, so a crash mid-way is found and cleaned by the next up/down.
+        self._save_state(state)
+        self._write_inventory(engines, scen_mod, scen, log)
+
+        golden: tuple[_Engine, list[str]] | None = None
+        if scen is not None:
+            golden = self._golden(scen_mod, scen, log)
+            t1 = time.monotonic()
+            log(f"copying the golden data-root to {hosts} hosts")
+            with ThreadPoolExecutor(max_workers=min(4, hosts)) as pool:
+                list(pool.map(lambda e: _clone_data_root(golden[0], e), engines))
+            log(f"copies done in {time.monotonic() - t1:.1f} s")
+
+        log(f"starting {hosts} engines")
+        pids = [_start_engine(e) for e in engines]
+        for rec, pid in zip(state["hosts"], pids, strict=True):
+            rec["pid"] = pid
+        self._save_state(state)
+        with ThreadPoolExecutor(max_workers=min(20, hosts)) as pool:
+            list(pool.map(lambda ep: _wait_ready(*ep), zip(engines, pids, strict=True)))
+        log(f"{hosts} engines answer ({time.monotonic() - t0:.1f} s)")
+
+        if golden is not None:
+            def finish(item: tuple[int, _Engine]) -> None:
+                index, engine = item
+                _ensure_running(engine.sock, golden[1])
+                scen_mod.apply_variant(engine.docker_host, scen, index, hosts, log)
+
+            with ThreadPoolExecutor(max_workers=min(4, hosts)) as pool:
+                list(pool.map(finish, enumerate(engines)))
+            log(f"per-host variants applied ({time.monotonic() - t0:.1f} s)")
+
+        state["state"] = "up"
+        self._save_state(state)
+        result = self.status()
+        ids = {h.engine_id for h in result.hosts}
+        if len(ids) != hosts:
+            raise EngineError("sandbox engines report the same engine ID",
+                              hint="each engine needs its own /etc/docker (unshare --mount); see dockerd.log")
+        log(f"sandbox up: {hosts} hosts in {time.monotonic() - t0:.1f} s; inventory {self.inventory_path}")
+        return result
+
+    def _write_inventory(self, engines: list[_Engine], scen_mod: Any, scen: Any, log: Log) -> None:
+        hosts = {
+            e.hostname: {
+                "docker_host": e.docker_host,
+                "ansible_connection": "local",
+                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "acgs_sandbox_index": i,
+            }
+            for i, e in enumerate(engines)
+        }
+        inventory = {"all": {"children": {GROUP: {"hosts": hosts}}}}
+        if scen is not None:
+            log(f"writing the scenario's sources to {self.sources_root}")
+            scen_mod.prepare_sources(scen, self.sources_root)
+            wheelhouse = scen_mod.ensure_wheelhouse(scen, WHEELHOUSE_CACHE) if hasattr(scen_mod, "ensure_wheelhouse") else None
+            policy = scen_mod.policy_vars(scen, self.sources_root, wheelhouse)
+        else:
+            self.sources_root.mkdir(parents=True, exist_ok=True)
+            policy = {"sources_root": str(self.sources_root)}
+        header = "# Written by 'acgs-remediate sandbox up'; removed by 'sandbox down'.\n"
+        _write_atomic(self.inventory_path, header + yaml.safe_dump(inventory, sort_keys=False))
+        gv = self.directory / "group_vars"
+        gv.mkdir(exist_ok=True)
+        _write_atomic(gv / "all.yml", header + yaml.safe_dump({"acgs_policy": policy}, sort_keys=False))
+
+
+def check_environment(need_dockerd: bool = True) -> None:
+    """Raise EnvironmentProblem (exit 2) naming what is missing to run sandbox engines."""
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("the sandbox needs root: it starts dockerd engines and mounts in namespaces",
+                                 hint="run it as root (sudo acgs-remediate sandbox ...)")
+    if need_dockerd:
+        missing = [p for p in ("dockerd", "containerd", "runc") if not shutil.which(p)]
+        if missing:
+            raise EnvironmentProblem(f"{', '.join(missing)} not found on PATH",
+                                     hint="install the Docker engine: apt-get install docker.io (or run 'make setup')")
+    for prog in ("unshare", "mount"):
+        if not shutil.which(prog):
+            raise EnvironmentProblem(f"{prog} not found on PATH", hint="apt-get install util-linux mount")
