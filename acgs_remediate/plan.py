@@ -1,0 +1,301 @@
+"""Pure planning: a host snapshot + the policy + a phase -> ordered actions and protections.
+
+Nothing here talks to Docker or Ansible. The plan is what ``plan`` and ``--check`` show and
+exactly what a run applies (the executing module re-checks each action against the engine just
+before acting, and skips — never widens — what changed meanwhile).
+
+Decisions worth knowing:
+
+* Removal is by image ID, with every tag of the image listed. An image with several tags only
+  frees its bytes once its last tag is gone, and the engine refuses to delete a multi-tag image
+  by ID without force (which we never use). So when the policy names one tag of an image, the
+  plan removes *all* of that image's tags (untag one by one, the last untag deletes it) — but only
+  when none of its tags is protected in any way; otherwise the whole image stays and the plan
+  says which tag protected it.
+* Protections, strongest first: used by a container (running *or stopped*, dangling images
+  included), protected pattern, rollback retention, too young. All reasons are listed.
+* Rollback retention: for each deployed service (one with a container, running or stopped) the
+  image it runs now, plus the previous ``rollback_keep`` images of the same repository by
+  creation time. Dangling images carry no repository, so an old build is only known to be a
+  service's previous version when a container still references it — and then it is protected
+  by use anyway.
+* Volumes are never actions. Nothing is forced.
+* Predicted bytes: per action, what removing that image alone frees; the host total is computed
+  over all removals together (layers shared only among removed images are freed once, so the
+  total can exceed the sum of the per-action numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import Policy, ServicePolicy
+from .models import ContainerFact, HostSnapshot, ImageFact
+
+PHASE1 = "phase1"
+PHASES = (PHASE1,)
+
+ActionKind = Literal["remove_image", "prune_build_cache", "repair_build_file"]
+_PRIORITY_ORDER = {"CRITICAL": 0, "HIGH": 1, "MEDIUM": 2, "LOW": 3}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Action(_Model):
+    """One step of a host's plan."""
+
+    kind: ActionKind
+    reason: str
+    predicted_bytes: int = 0
+    # remove_image
+    image_id: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    category: Literal["oversized", "dangling"] | None = None
+    # prune_build_cache: keep this many bytes of cache (the budget)
+    keep_bytes: int | None = None
+    # repair_build_file: service and file (absolute path on the control node)
+    service: str | None = None
+    path: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Return a short human label of what the action touches."""
+        if self.kind == "remove_image":
+            short = (self.image_id or "").removeprefix("sha256:")[:12]
+            return f"{short} ({', '.join(self.tags)})" if self.tags else f"{short} (dangling)"
+        if self.kind == "prune_build_cache":
+            return "build cache"
+        return self.path or ""
+
+
+class Protection(_Model):
+    """An image that stays, and every reason why."""
+
+    image_id: str
+    tags: list[str] = Field(default_factory=list)
+    reasons: list[str]
+
+
+class BuildFileIssue(_Model):
+    """A file a service's Dockerfile copies that is missing from its build context (control node)."""
+
+    service: str
+    path: str  # absolute path where the file should be
+    kind: str  # "requirements.txt", "alembic.ini", or "other"
+
+
+class HostPlan(_Model):
+    """Everything phase ``phase`` would do on ``host``, and everything it leaves alone and why."""
+
+    host: str
+    phase: str
+    planned_at: datetime
+    actions: list[Action] = Field(default_factory=list)
+    protections: list[Protection] = Field(default_factory=list)
+    predicted_bytes: int = 0  # all image removals together + build cache
+    notes: list[str] = Field(default_factory=list)
+
+    def removals(self) -> list[Action]:
+        """Return the image removals, in order."""
+        return [a for a in self.actions if a.kind == "remove_image"]
+
+
+def _age_seconds(now: datetime, created: datetime) -> float:
+    return (now - created).total_seconds()
+
+
+def _repository(tag: str) -> str:
+    """Return the repository part of ``repo:tag`` (a registry port's colon is not a tag separator)."""
+    slash = tag.rfind("/")
+    colon = tag.rfind(":")
+    return tag[:colon] if colon > slash else tag
+
+
+def _human_age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{int(seconds)}s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _service_containers(snapshot: HostSnapshot, service: ServicePolicy) -> list[ContainerFact]:
+    names = {service.name, service.compose_service or service.name}
+    return [
+        c for c in snapshot.containers
+        if c.compose_service in names or c.image_ref == service.image
+    ]
+
+
+def rollback_images(snapshot: HostSnapshot, policy: Policy) -> dict[str, str]:
+    """Return image ID -> why it is kept for rollback (each deployed service's current image + previous N)."""
+    kept: dict[str, str] = {}
+    by_id = {img.id: img for img in snapshot.images}
+    for service in policy.services:
+        containers = _service_containers(snapshot, service)
+        if not containers:
+            continue  # not deployed here: nothing to roll back to
+        # The image it runs now: the running container's, else the newest stopped one's.
+        running = [c for c in containers if c.running]
+        current_c = max(running or containers, key=lambda c: c.created)
+        current = by_id.get(current_c.image_id)
+        kept.setdefault(current_c.image_id, f"rollback: current image of service {service.name}")
+        repo = _repository(service.image)
+        if current is None:
+            continue
+        older = sorted(
+            (img for img in snapshot.images
+             if img.id != current.id and img.created <= current.created
+             and any(_repository(t) == repo for t in img.repo_tags)),
+            key=lambda img: img.created, reverse=True,
+        )
+        for n, img in enumerate(older[: policy.rollback_keep], start=1):
+            kept.setdefault(img.id, f"rollback: previous image #{n} of service {service.name}")
+    return kept
+
+
+def _protection_reasons(
+    img: ImageFact, snapshot: HostSnapshot, policy: Policy, rollback: dict[str, str],
+) -> list[str]:
+    reasons: list[str] = []
+    for c in snapshot.containers_using(img.id):
+        reasons.append(f"used by {'running' if c.running else 'stopped'} container {c.name}")
+    for ref in [*img.repo_tags, img.id]:
+        pattern = policy.is_protected(ref)
+        if pattern:
+            reasons.append(f"protected pattern {pattern!r} matches {ref}")
+            break
+    if img.id in rollback:
+        reasons.append(rollback[img.id])
+    return reasons
+
+
+def _too_young(img: ImageFact, now: datetime, policy: Policy, dangling: bool) -> str | None:
+    age = _age_seconds(now, img.created)
+    if age < policy.fresh_min_age:
+        return f"too young: created {_human_age(age)} ago (fresh_min_age {_human_age(policy.fresh_min_age)})"
+    if dangling and age < policy.dangling_min_age:
+        limit = _human_age(policy.dangling_min_age)
+        return f"too young: dangling for at most {_human_age(age)} (dangling_min_age {limit})"
+    return None
+
+
+def plan_phase1(
+    snapshot: HostSnapshot,
+    policy: Policy,
+    build_files: Iterable[BuildFileIssue] = (),
+    now: datetime | None = None,
+) -> HostPlan:
+    """Return phase 1's plan for one host: oversized + old dangling images, cache prune, file repairs."""
+    from .analysis import reclaimable_bytes
+
+    now = now or snapshot.collected_at
+    rollback = rollback_images(snapshot, policy)
+    candidates: list[tuple[ImageFact, str, Literal["oversized", "dangling"], tuple[int, float]]] = []
+    seen: set[str] = set()
+    notes: list[str] = []
+    for entry in sorted(policy.oversized_images, key=lambda e: _PRIORITY_ORDER[e.priority]):
+        img = snapshot.image(entry.ref)
+        if img is None:
+            notes.append(f"{entry.ref}: not present")
+            continue
+        if img.id in seen:
+            continue
+        seen.add(img.id)
+        why = f"oversized ({entry.priority})" + (f": {entry.reason}" if entry.reason else "")
+        candidates.append((img, why, "oversized", (0, 0.0)))
+    for img in sorted((i for i in snapshot.images if i.dangling), key=lambda i: i.created):
+        if img.id in seen:
+            continue
+        seen.add(img.id)
+        age = _human_age(_age_seconds(now, img.created))
+        candidates.append((img, f"dangling image, created {age} ago", "dangling", (1, 0.0)))
+
+    protections: dict[str, Protection] = {}
+    removals: list[tuple[ImageFact, str, Literal["oversized", "dangling"]]] = []
+    for img, why, category, _ in candidates:
+        reasons = _protection_reasons(img, snapshot, policy, rollback)
+        young = _too_young(img, now, policy, category == "dangling")
+        if young:
+            reasons.append(young)
+        if reasons:
+            protections[img.id] = Protection(image_id=img.id, tags=list(img.repo_tags), reasons=reasons)
+        else:
+            removals.append((img, why, category))
+    # Also show every other image that is protected by use, pattern or rollback, so the
+    # operator sees the whole picture of what stays and why.
+    for img in snapshot.images:
+        if img.id in protections or img.id in seen:
+            continue
+        reasons = _protection_reasons(img, snapshot, policy, rollback)
+        if reasons:
+            protections[img.id] = Protection(image_id=img.id, tags=list(img.repo_tags), reasons=reasons)
+
+    actions = [
+        Action(kind="remove_image", image_id=img.id, tags=list(img.repo_tags), category=category,
+               reason=why + (f"; removes all {len(img.repo_tags)} tags" if len(img.repo_tags) > 1 else ""),
+               predicted_bytes=reclaimable_bytes(snapshot, [img.id]))
+        for img, why, category in removals
+    ]
+    total = reclaimable_bytes(snapshot, [img.id for img, _, _ in removals]) if removals else 0
+
+    cache_action = plan_build_cache(snapshot, policy)
+    if cache_action is not None:
+        actions.append(cache_action)
+        total += cache_action.predicted_bytes
+    for issue in build_files:
+        actions.append(Action(
+            kind="repair_build_file", service=issue.service, path=issue.path,
+            reason=f"missing {issue.kind} breaks the build of service {issue.service}",
+        ))
+    if snapshot.engine.approximate:
+        notes.append("sizes approximate: " + "; ".join(snapshot.engine.approximate))
+    return HostPlan(
+        host=snapshot.host, phase=PHASE1, planned_at=now, actions=actions,
+        protections=sorted(protections.values(), key=lambda p: (p.tags[:1] or [p.image_id])[0]),
+        predicted_bytes=total, notes=notes,
+    )
+
+
+def plan_build_cache(snapshot: HostSnapshot, policy: Policy) -> Action | None:
+    """Return a prune of build cache down to the budget, or None when the cache fits it.
+
+    Predicted bytes: records not in use, least recently used first, until the rest fits the budget
+    (what the engine's keep-storage prune does).
+    """
+    total = sum(r.size for r in snapshot.build_cache)
+    if total <= policy.build_cache_budget:
+        return None
+    freeable = sorted(
+        (r for r in snapshot.build_cache if not r.in_use),
+        key=lambda r: (r.last_used or r.created or snapshot.collected_at),
+    )
+    remaining, freed = total, 0
+    for record in freeable:
+        if remaining <= policy.build_cache_budget:
+            break
+        remaining -= record.size
+        freed += record.size
+    if freed == 0:
+        return None
+    return Action(
+        kind="prune_build_cache", keep_bytes=policy.build_cache_budget, predicted_bytes=freed,
+        reason=f"build cache {total} bytes is above the budget of {policy.build_cache_budget} bytes",
+    )
+
+
+def plan(
+    snapshot: HostSnapshot, policy: Policy, phase: str, build_files: Iterable[BuildFileIssue] = (),
+) -> HostPlan:
+    """Return the plan of ``phase`` for one host."""
+    if phase == PHASE1:
+        return plan_phase1(snapshot, policy, build_files)
+    raise ValueError(f"unknown phase {phase!r}; known: {', '.join(PHASES)}")
