@@ -8,8 +8,14 @@ image sizes over-counts every shared layer (ANCHORS.md: 271.8 GB summed vs 70.3 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Literal
 
-from .models import Baseline, ContainerFact, HostSnapshot, ImageFact
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import Policy
+from .models import Baseline, ContainerFact, EngineFact, HostSnapshot, ImageFact
+from .units import human_size
 
 
 def _ids(image_ids: Iterable[str]) -> set[str]:
@@ -88,4 +94,519 @@ def baseline_from(snapshot: HostSnapshot) -> Baseline:
         dangling_count=len(dangling),
         dangling_bytes=reclaimable_bytes(snapshot, (i.id for i in dangling)),
         per_image={img.display_name: img.size for img in snapshot.images},
+    )
+
+
+# --- Findings: snapshot + policy -> what the report says about one host ---------------------------------
+
+# Service verdicts as the seed report gives them: 258MB for a 200MB expectation (1.29x) is "Acceptable",
+# 275MB (1.4x) is a warning, 30x and 58x are failures.
+ACCEPTABLE_RATIO = 1.3
+FAIL_RATIO = 10.0
+# Dangling images whose sizes lie within this fraction of each other share one breakdown line
+# ("228-232MB dangling images (20+)").
+BUCKET_TOLERANCE = 0.03
+
+
+class _Finding(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ContainerRef(_Finding):
+    """A container that keeps an image in use."""
+
+    name: str
+    state: str
+    running: bool
+
+
+class OversizedFinding(_Finding):
+    """An image over its budget, named by the policy's list, a service budget or the global cap."""
+
+    ref: str
+    image_id: str | None  # None: named by the policy but not present on this host
+    present: bool
+    size: int | None
+    budget: int
+    ratio: float | None
+    priority: str
+    reason: str
+    source: Literal["policy", "service", "cap"]
+    containers: list[ContainerRef] = Field(default_factory=list)
+    protected_by: str | None = None
+    candidate: bool = False  # present, listed by the policy, unused, unprotected: phase 1 removes it
+    freed_alone: int = 0  # bytes removing only this image frees
+
+    @property
+    def in_use(self) -> bool:
+        """Return True when a container (running or stopped) uses the image."""
+        return bool(self.containers)
+
+
+class SizeBucket(_Finding):
+    """One line of the dangling-images size breakdown."""
+
+    label: str
+    min_size: int
+    max_size: int
+    count: int
+
+
+class DanglingImage(_Finding):
+    """One untagged image."""
+
+    image_id: str
+    size: int
+    created: datetime
+    containers: list[ContainerRef] = Field(default_factory=list)
+
+
+class DanglingSummary(_Finding):
+    """The report's "dangling images waste" section, with the bytes really freed."""
+
+    count: int
+    naive_bytes: int  # summed sizes, as `docker images` adds them up
+    freed_bytes: int  # what removing every dangling image no container uses frees (unique layers)
+    oldest: datetime | None
+    newest: datetime | None
+    in_use_count: int  # dangling yet used by a (stopped) container: protected
+    buckets: list[SizeBucket] = Field(default_factory=list)
+    images: list[DanglingImage] = Field(default_factory=list)
+
+
+class ImageUse(_Finding):
+    """A tagged image and who uses it."""
+
+    ref: str
+    image_id: str
+    size: int
+    created: datetime
+    containers: list[ContainerRef] = Field(default_factory=list)
+    freed_alone: int = 0
+
+
+class SavingsRow(_Finding):
+    """One row of the expected-savings table: bytes really freed beside the naive sum."""
+
+    action: str
+    image_ids: list[str] = Field(default_factory=list)
+    freed_bytes: int
+    naive_bytes: int
+    impact: str
+    estimate: bool = False  # True for what only a rebuild can tell (service optimisation)
+
+
+class BuildCacheSummary(_Finding):
+    """Build cache usage against the policy's budget."""
+
+    records: int
+    total_bytes: int
+    in_use_bytes: int
+    shared_bytes: int
+    budget: int
+    over_budget_bytes: int
+
+
+class VolumeUse(_Finding):
+    """A volume: reported with its size and users, never a removal candidate."""
+
+    name: str
+    size: int | None
+    ref_count: int | None
+    anonymous: bool
+    containers: list[str] = Field(default_factory=list)
+
+
+class ServiceImage(_Finding):
+    """The report's service image analysis row: current vs expected size and a verdict."""
+
+    service: str
+    image: str
+    present: bool
+    size: int | None
+    expected: int | None
+    budget: int
+    ratio: float | None  # size / expected (or / budget when no expectation)
+    verdict: Literal["ok", "warn", "fail", "missing"]
+    symbol: str  # ✅ ⚠️ ❌ ❓
+    efficiency: str  # "❌ 30x oversized", "✅ Acceptable", ...
+    over_budget: bool
+    containers: list[ContainerRef] = Field(default_factory=list)
+
+
+class StorageSummary(_Finding):
+    """Bytes per category, layers counted once, next to what summing `docker images` says."""
+
+    images: int
+    build_cache: int
+    volumes: int
+    total: int
+    naive_images: int  # sum of every image's size (over-counts shared layers)
+    df_layers_size: int | None  # the engine's own figure
+    fs_total: int | None = None
+    fs_used: int | None = None
+    fs_free: int | None = None
+
+
+class HostAnalysis(_Finding):
+    """Everything the report says about one host."""
+
+    host: str
+    collected_at: datetime
+    engine: EngineFact
+    storage: StorageSummary
+    image_count: int
+    container_count: int
+    running_count: int
+    oversized: list[OversizedFinding] = Field(default_factory=list)
+    dangling: DanglingSummary
+    in_use: list[ImageUse] = Field(default_factory=list)
+    unused: list[ImageUse] = Field(default_factory=list)
+    savings: list[SavingsRow] = Field(default_factory=list)
+    build_cache: BuildCacheSummary
+    volumes: list[VolumeUse] = Field(default_factory=list)
+    services: list[ServiceImage] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # why numbers are approximate, and similar caveats
+
+
+def times_label(ratio: float) -> str:
+    """Return a ratio as the report writes it: "30x", "4x", "1.4x"."""
+    return f"{ratio:.0f}x" if ratio >= 2 else f"{ratio:.1f}x"
+
+
+def _refs(snapshot: HostSnapshot, image_id: str, used: dict[str, list[ContainerFact]]) -> list[ContainerRef]:
+    return [ContainerRef(name=c.name, state=c.state, running=c.running) for c in used.get(image_id, [])]
+
+
+def _cap_priority(ratio: float) -> str:
+    return "CRITICAL" if ratio >= 50 else "HIGH" if ratio >= 10 else "MEDIUM" if ratio >= 2 else "LOW"
+
+
+def oversized_findings(snapshot: HostSnapshot, policy: Policy) -> list[OversizedFinding]:
+    """Return oversized images: the policy's list (present or not), services over budget, others over the cap.
+
+    Only the policy's listed images are removal candidates (when present, unused and unprotected);
+    images over a budget or the cap are reported so that someone rebuilds them.
+    """
+    used = images_in_use(snapshot)
+    findings: list[OversizedFinding] = []
+    seen: set[str] = set()
+    budgets = {s.image: policy.service_budget(s) for s in policy.services}
+    for item in policy.oversized_images:
+        img = snapshot.image(item.ref)
+        budget = budgets.get(item.ref, policy.size_cap)
+        if img is None:
+            findings.append(
+                OversizedFinding(
+                    ref=item.ref,
+                    image_id=None,
+                    present=False,
+                    size=None,
+                    budget=budget,
+                    ratio=None,
+                    priority=item.priority,
+                    reason=item.reason or "named by the policy",
+                    source="policy",
+                )
+            )
+            continue
+        seen.add(img.id)
+        containers = _refs(snapshot, img.id, used)
+        protected = next((p for p in (policy.is_protected(t) for t in img.repo_tags) if p), None)
+        findings.append(
+            OversizedFinding(
+                ref=item.ref,
+                image_id=img.id,
+                present=True,
+                size=img.size,
+                budget=budget,
+                ratio=img.size / budget,
+                priority=item.priority,
+                reason=item.reason or "named by the policy",
+                source="policy",
+                containers=containers,
+                protected_by=protected,
+                candidate=not containers and protected is None,
+                freed_alone=reclaimable_bytes(snapshot, [img.id]),
+            )
+        )
+    for service in policy.services:
+        img = snapshot.image(service.image)
+        budget = policy.service_budget(service)
+        if img is None or img.id in seen or img.size <= budget:
+            continue
+        seen.add(img.id)
+        ratio = img.size / budget
+        findings.append(
+            OversizedFinding(
+                ref=service.image,
+                image_id=img.id,
+                present=True,
+                size=img.size,
+                budget=budget,
+                ratio=ratio,
+                priority=_cap_priority(ratio),
+                reason=f"service {service.name} over its {human_size(budget)} budget",
+                source="service",
+                containers=_refs(snapshot, img.id, used),
+                protected_by=next((p for p in (policy.is_protected(t) for t in img.repo_tags) if p), None),
+                freed_alone=reclaimable_bytes(snapshot, [img.id]),
+            )
+        )
+    for img in sorted(snapshot.images, key=lambda i: -i.size):
+        if img.dangling or img.id in seen or img.size <= policy.size_cap:
+            continue
+        ratio = img.size / policy.size_cap
+        findings.append(
+            OversizedFinding(
+                ref=img.display_name,
+                image_id=img.id,
+                present=True,
+                size=img.size,
+                budget=policy.size_cap,
+                ratio=ratio,
+                priority=_cap_priority(ratio),
+                reason=f"over the {human_size(policy.size_cap)} cap",
+                source="cap",
+                containers=_refs(snapshot, img.id, used),
+                protected_by=next((p for p in (policy.is_protected(t) for t in img.repo_tags) if p), None),
+                freed_alone=reclaimable_bytes(snapshot, [img.id]),
+            )
+        )
+    return findings
+
+
+def size_buckets(sizes: Iterable[int], tolerance: float = BUCKET_TOLERANCE) -> list[SizeBucket]:
+    """Return the dangling-size breakdown: sizes within ``tolerance`` of a group's largest share one line."""
+    buckets: list[list[int]] = []
+    for size in sorted(sizes, reverse=True):
+        if buckets and size >= buckets[-1][0] * (1 - tolerance):
+            buckets[-1].append(size)
+        else:
+            buckets.append([size])
+    result = []
+    for group in buckets:
+        low, high = human_size(min(group)), human_size(max(group))
+        label = (
+            low
+            if low == high
+            else f"{low.rstrip('kMGTB')}-{high}"
+            if low[-2:] == high[-2:]
+            else f"{low}-{high}"
+        )
+        result.append(SizeBucket(label=label, min_size=min(group), max_size=max(group), count=len(group)))
+    return result
+
+
+def dangling_summary(snapshot: HostSnapshot) -> DanglingSummary:
+    """Return the dangling images with their real reclaimable bytes, date range and size breakdown."""
+    used = images_in_use(snapshot)
+    dangling = dangling_images(snapshot)
+    free = [i.id for i in dangling if i.id not in used]
+    return DanglingSummary(
+        count=len(dangling),
+        naive_bytes=sum(i.size for i in dangling),
+        freed_bytes=reclaimable_bytes(snapshot, free),
+        oldest=min((i.created for i in dangling), default=None),
+        newest=max((i.created for i in dangling), default=None),
+        in_use_count=sum(1 for i in dangling if i.id in used),
+        buckets=size_buckets(i.size for i in dangling),
+        images=[
+            DanglingImage(
+                image_id=i.id, size=i.size, created=i.created, containers=_refs(snapshot, i.id, used)
+            )
+            for i in dangling
+        ],
+    )
+
+
+def service_images(snapshot: HostSnapshot, policy: Policy) -> list[ServiceImage]:
+    """Return the report's service image analysis: each service's image against its expected size."""
+    used = images_in_use(snapshot)
+    rows = []
+    for service in policy.services:
+        img = snapshot.image(service.image)
+        budget = policy.service_budget(service)
+        if img is None:
+            rows.append(
+                ServiceImage(
+                    service=service.name,
+                    image=service.image,
+                    present=False,
+                    size=None,
+                    expected=service.expected_size,
+                    budget=budget,
+                    ratio=None,
+                    verdict="missing",
+                    symbol="❓",
+                    efficiency="❓ not on this host",
+                    over_budget=False,
+                )
+            )
+            continue
+        reference = service.expected_size or budget
+        ratio = img.size / reference
+        over = img.size > budget
+        if ratio >= FAIL_RATIO:
+            verdict, symbol, text = "fail", "❌", f"{times_label(ratio)} oversized"
+        elif ratio >= ACCEPTABLE_RATIO or over:
+            verdict, symbol, text = "warn", "⚠️", f"{times_label(ratio)} oversized"
+        else:
+            verdict, symbol, text = "ok", "✅", "Acceptable"
+        rows.append(
+            ServiceImage(
+                service=service.name,
+                image=service.image,
+                present=True,
+                size=img.size,
+                expected=service.expected_size,
+                budget=budget,
+                ratio=ratio,
+                verdict=verdict,
+                symbol=symbol,
+                efficiency=f"{symbol} {text}",
+                over_budget=over,
+                containers=_refs(snapshot, img.id, used),
+            )
+        )
+    return rows
+
+
+def build_cache_summary(snapshot: HostSnapshot, policy: Policy) -> BuildCacheSummary:
+    """Return build cache usage against ``policy.build_cache_budget``."""
+    total = sum(b.size for b in snapshot.build_cache if not b.shared)
+    return BuildCacheSummary(
+        records=len(snapshot.build_cache),
+        total_bytes=total,
+        in_use_bytes=sum(b.size for b in snapshot.build_cache if b.in_use),
+        shared_bytes=sum(b.size for b in snapshot.build_cache if b.shared),
+        budget=policy.build_cache_budget,
+        over_budget_bytes=max(0, total - policy.build_cache_budget),
+    )
+
+
+def volume_usage(snapshot: HostSnapshot) -> list[VolumeUse]:
+    """Return every volume with its size and the containers mounting it (never candidates)."""
+    users: dict[str, list[str]] = {}
+    for c in snapshot.containers:
+        for v in c.volumes:
+            users.setdefault(v, []).append(c.name)
+    return [
+        VolumeUse(
+            name=v.name,
+            size=v.size,
+            ref_count=v.ref_count,
+            anonymous=v.anonymous,
+            containers=sorted(users.get(v.name, [])),
+        )
+        for v in sorted(snapshot.volumes, key=lambda v: -(v.size or 0))
+    ]
+
+
+def analyze(snapshot: HostSnapshot, policy: Policy) -> HostAnalysis:
+    """Return every finding of the report for one host."""
+    used = images_in_use(snapshot)
+    storage = storage_bytes(snapshot)
+    oversized = oversized_findings(snapshot, policy)
+    dangling = dangling_summary(snapshot)
+    services = service_images(snapshot, policy)
+    cache = build_cache_summary(snapshot, policy)
+
+    in_use, unused = [], []
+    for img in sorted(snapshot.images, key=lambda i: -i.size):
+        if img.dangling:
+            continue
+        row = ImageUse(
+            ref=img.display_name,
+            image_id=img.id,
+            size=img.size,
+            created=img.created,
+            containers=_refs(snapshot, img.id, used),
+        )
+        if row.containers:
+            in_use.append(row)
+        else:
+            unused.append(row.model_copy(update={"freed_alone": reclaimable_bytes(snapshot, [img.id])}))
+
+    over_ids = [f.image_id for f in oversized if f.candidate and f.image_id]
+    dangling_ids = [d.image_id for d in dangling.images if not d.containers]
+    both = list(dict.fromkeys(over_ids + dangling_ids))
+    savings = [
+        SavingsRow(
+            action="Remove unused oversized images",
+            image_ids=over_ids,
+            freed_bytes=reclaimable_bytes(snapshot, over_ids),
+            naive_bytes=naive_bytes(snapshot, over_ids),
+            impact="Immediate",
+        ),
+        SavingsRow(
+            action="Remove dangling images",
+            image_ids=dangling_ids,
+            freed_bytes=dangling.freed_bytes,
+            naive_bytes=naive_bytes(snapshot, dangling_ids),
+            impact="Immediate",
+        ),
+        SavingsRow(
+            action="Phase 1 together (shared layers counted once)",
+            image_ids=both,
+            freed_bytes=reclaimable_bytes(snapshot, both),
+            naive_bytes=naive_bytes(snapshot, both),
+            impact="Immediate",
+        ),
+    ]
+    if cache.over_budget_bytes:
+        savings.append(
+            SavingsRow(
+                action="Prune build cache down to its budget",
+                freed_bytes=cache.over_budget_bytes,
+                naive_bytes=cache.over_budget_bytes,
+                impact="Immediate",
+            )
+        )
+    rebuild = sum(max(0, (s.size or 0) - (s.expected or s.budget)) for s in services if s.present)
+    if rebuild:
+        savings.append(
+            SavingsRow(
+                action="Optimise service images (rebuild to expected size)",
+                freed_bytes=rebuild,
+                naive_bytes=rebuild,
+                impact="After rebuild",
+                estimate=True,
+            )
+        )
+
+    notes = list(snapshot.engine.approximate)
+    if snapshot.df_layers_size is not None and snapshot.df_layers_size != storage["images"]:
+        notes.append(
+            f"layers counted from the layer graph ({human_size(storage['images'])}) differ from the engine's "
+            f"own figure ({human_size(snapshot.df_layers_size)}); reclaimable bytes may be approximate"
+        )
+    engine = snapshot.engine
+    return HostAnalysis(
+        host=snapshot.host,
+        collected_at=snapshot.collected_at,
+        engine=engine,
+        storage=StorageSummary(
+            images=storage["images"],
+            build_cache=storage["build_cache"],
+            volumes=storage["volumes"],
+            total=storage["total"],
+            naive_images=sum(i.size for i in snapshot.images),
+            df_layers_size=snapshot.df_layers_size,
+            fs_total=engine.fs_total_bytes,
+            fs_used=engine.fs_used_bytes,
+            fs_free=engine.fs_free_bytes,
+        ),
+        image_count=len(snapshot.images),
+        container_count=len(snapshot.containers),
+        running_count=sum(1 for c in snapshot.containers if c.running),
+        oversized=oversized,
+        dangling=dangling,
+        in_use=in_use,
+        unused=unused,
+        savings=savings,
+        build_cache=cache,
+        volumes=volume_usage(snapshot),
+        services=services,
+        notes=notes,
     )
