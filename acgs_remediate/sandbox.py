@@ -1,4 +1,4 @@
-"""The sandbox fleet: N real, isolated dockerd engines on this machine, an inventory for them, a seeded scenario.
+"""The sandbox fleet: N real, isolated dockerd engines on this machine, their inventory, a seeded scenario.
 
 Layout of a sandbox directory D (kept short: unix socket paths are limited to 108 bytes)::
 
@@ -53,8 +53,15 @@ _UNIX_PATH_MAX = 107
 # Entries of a data-root that are never copied from the golden engine: containerd's own state and
 # scratch space are rebuilt by each engine (and containerd's bolt DB embeds absolute paths).
 _SKIP_IN_CLONE = {"containerd", "tmp", "runtimes"}
-_ENGINE_PROGRAMS = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc", "docker-init",
-                    "docker-proxy")
+_ENGINE_PROGRAMS = (
+    "dockerd",
+    "containerd",
+    "containerd-shim",
+    "containerd-shim-runc-v2",
+    "runc",
+    "docker-init",
+    "docker-proxy",
+)
 
 
 def _quiet(_msg: str) -> None:
@@ -164,16 +171,35 @@ class _Engine:
         # and our hostname (-> own engine name), then it becomes dockerd (same PID).
         script = 'mount --bind "$1" /etc/docker && hostname "$2" && shift 2 && exec "$@"'
         return [
-            _which("unshare"), "--mount", "--uts", "--propagation", "slave", "--",
-            "/bin/sh", "-c", script, "sh", str(self.etc), self.hostname,
+            _which("unshare"),
+            "--mount",
+            "--uts",
+            "--propagation",
+            "slave",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+            "sh",
+            str(self.etc),
+            self.hostname,
             _which("dockerd"),
-            "--data-root", str(self.root),
-            "--exec-root", str(self.exec_root),
-            "--pidfile", str(self.pidfile),
-            "-H", self.docker_host,
-            "--config-file", str(self.etc / "daemon.json"),
-            "--cgroup-parent", f"/{self.cgroup_parent}",
-            "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-forward=false",
+            "--data-root",
+            str(self.root),
+            "--exec-root",
+            str(self.exec_root),
+            "--pidfile",
+            str(self.pidfile),
+            "-H",
+            self.docker_host,
+            "--config-file",
+            str(self.etc / "daemon.json"),
+            "--cgroup-parent",
+            f"/{self.cgroup_parent}",
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-forward=false",
             "--userland-proxy=false",
             # Containers run with --init; a short grace keeps engine stops quick.
             "--shutdown-timeout=5",
@@ -183,7 +209,9 @@ class _Engine:
 def _which(program: str) -> str:
     path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/usr/bin:/sbin:/bin")
     if not path:
-        raise EnvironmentProblem(f"{program} not found", hint="apt-get install docker.io util-linux (or run 'make setup')")
+        raise EnvironmentProblem(
+            f"{program} not found", hint="apt-get install docker.io util-linux (or run 'make setup')"
+        )
     return path
 
 
@@ -269,8 +297,15 @@ def _start_engine(engine: _Engine) -> int:
         engine.sock.unlink()
     with open(engine.logfile, "ab") as log:
         # A new session: the engines outlive the CLI and ignore its Ctrl-C.
-        proc = subprocess.Popen(engine.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, cwd="/")
+        proc = subprocess.Popen(
+            engine.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            cwd="/",
+        )
     _CHILDREN[proc.pid] = proc
     return proc.pid
 
@@ -383,6 +418,10 @@ def _stop_engine(engine: _Engine, pid: int | None, graceful: bool = True, timeou
             with contextlib.suppress(subprocess.TimeoutExpired):
                 _CHILDREN.pop(p).wait(timeout=1)
     _remove_cgroups(engine.cgroup_parent)
+    # The exec-root is runtime state only; a stale containerd.pid there (its PID now a zombie or reused)
+    # makes the next dockerd wait for a containerd that never answers.
+    if not _mounts_under(engine.exec_root):
+        shutil.rmtree(engine.exec_root, ignore_errors=True)
     engine.pidfile.unlink(missing_ok=True)
     with contextlib.suppress(FileNotFoundError):
         engine.sock.unlink()
@@ -481,7 +520,7 @@ def _clone_data_root(golden: _Engine, host: _Engine) -> None:
         # Batches keep argv well below the kernel's limit.
         for flag, items in (("-al", linked), ("-a", copied)):
             for i in range(0, len(items), 500):
-                chunk = items[i:i + 500]
+                chunk = items[i : i + 500]
                 if chunk:
                     subprocess.run([cp, flag, *chunk, str(dst / "overlay2")], check=True, capture_output=True)
     # Container configs embed the golden engine's absolute paths (log, hosts, resolv.conf, netns, volumes).
@@ -499,8 +538,9 @@ def _load_scenario_module() -> Any:
     try:
         from . import scenario as scenario_module
     except ImportError as exc:
-        raise EnvironmentProblem(f"the scenario module is not available: {exc}",
-                                 hint="use --scenario none for empty engines") from None
+        raise EnvironmentProblem(
+            f"the scenario module is not available: {exc}", hint="use --scenario none for empty engines"
+        ) from None
     return scenario_module
 
 
@@ -537,14 +577,18 @@ class Sandbox:
 
     def _engine(self, index: int) -> _Engine:
         digest = hashlib.sha1(str(self.directory).encode()).hexdigest()[:8]
-        return _Engine(self.directory / f"h{index + 1:02d}", self.host_name(index), f"acgs-{digest}-h{index + 1:02d}")
+        return _Engine(
+            self.directory / f"h{index + 1:02d}", self.host_name(index), f"acgs-{digest}-h{index + 1:02d}"
+        )
 
     def _index(self, host: str) -> int:
         state = self._state()
         names = [h["name"] for h in state.get("hosts", [])]
         if host not in names:
-            raise UsageError(f"no sandbox host {host!r} in {self.directory}",
-                             hint=f"hosts there: {', '.join(names) or '(none: run sandbox up)'}")
+            raise UsageError(
+                f"no sandbox host {host!r} in {self.directory}",
+                hint=f"hosts there: {', '.join(names) or '(none: run sandbox up)'}",
+            )
         return names.index(host)
 
     def docker_host(self, host: str) -> str:
@@ -563,8 +607,10 @@ class Sandbox:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise UsageError(f"{self.state_path} is unreadable: {exc}",
-                             hint="run 'acgs-remediate sandbox down' to clean it up") from None
+            raise UsageError(
+                f"{self.state_path} is unreadable: {exc}",
+                hint="run 'acgs-remediate sandbox down' to clean it up",
+            ) from None
         return data if isinstance(data, dict) else {}
 
     def _save_state(self, state: dict[str, Any]) -> None:
@@ -575,25 +621,34 @@ class Sandbox:
     def _check_directory(self) -> None:
         sock = f"{self._engine(MAX_HOSTS - 1).base}{_LONGEST_SOCKET_SUFFIX}"
         if len(sock) > _UNIX_PATH_MAX:
-            raise UsageError(f"sandbox directory {self.directory} is too long for unix socket paths "
-                             f"({len(str(self.directory))} characters)",
-                             hint="use a short --dir such as /var/lib/acgs-sb")
+            raise UsageError(
+                f"sandbox directory {self.directory} is too long for unix socket paths "
+                f"({len(str(self.directory))} characters)",
+                hint="use a short --dir such as /var/lib/acgs-sb",
+            )
         if self.directory.exists() and not self.directory.is_dir():
             raise UsageError(f"{self.directory} exists and is not a directory", hint="pass another --dir")
         if self.directory.is_dir() and not self.state_path.exists():
             ours = {STATE_FILE, "inventory.yml", "group_vars", "sources", "work"}
-            foreign = [p.name for p in self.directory.iterdir()
-                       if p.name not in ours and not (p.name.startswith("h") and p.name[1:].isdigit())]
+            foreign = [
+                p.name
+                for p in self.directory.iterdir()
+                if p.name not in ours and not (p.name.startswith("h") and p.name[1:].isdigit())
+            ]
             if foreign:
-                raise UsageError(f"{self.directory} is not empty and holds no sandbox (found {foreign[0]})",
-                                 hint="pass an empty or new --dir; the sandbox deletes its directory on down")
+                raise UsageError(
+                    f"{self.directory} is not empty and holds no sandbox (found {foreign[0]})",
+                    hint="pass an empty or new --dir; the sandbox deletes its directory on down",
+                )
 
     # ---- the public operations
 
     def status(self, probe: bool = True) -> SandboxStatus:
         """Return what the recorded sandbox looks like now (engines probed over their sockets)."""
         state = self._state()
-        result = SandboxStatus(self.directory, state.get("scenario"), state.get("content_hash"), state.get("created"))
+        result = SandboxStatus(
+            self.directory, state.get("scenario"), state.get("content_hash"), state.get("created")
+        )
         for i, rec in enumerate(state.get("hosts", [])):
             engine = self._engine(i)
             pid = _read_pid(engine.pidfile) or rec.get("pid")
@@ -605,7 +660,10 @@ class Sandbox:
                         es.running = True
                         es.engine_id, es.engine_name = info.get("ID"), info.get("Name")
                         es.server_version = info.get("ServerVersion")
-                        es.containers, es.containers_running = info.get("Containers"), info.get("ContainersRunning")
+                        es.containers, es.containers_running = (
+                            info.get("Containers"),
+                            info.get("ContainersRunning"),
+                        )
                         code, images = _api(engine.sock, "GET", "/images/json", timeout=10.0)
                         es.images = len(images) if code == 200 else None
             result.hosts.append(es)
@@ -629,14 +687,23 @@ class Sandbox:
             state = self._state()
             if state:
                 current = self.status()
-                same = (len(current.hosts) == hosts and state.get("scenario") == (scen.name if scen else None)
-                        and state.get("content_hash") == content_hash and state.get("state") == "up")
+                same = (
+                    len(current.hosts) == hosts
+                    and state.get("scenario") == (scen.name if scen else None)
+                    and state.get("content_hash") == content_hash
+                    and state.get("state") == "up"
+                )
                 if same and current.up:
-                    log(f"sandbox in {self.directory} is already up with {hosts} hosts "
-                        f"(scenario {state.get('scenario') or 'none'}): nothing to do")
+                    log(
+                        f"sandbox in {self.directory} is already up with {hosts} hosts "
+                        f"(scenario {state.get('scenario') or 'none'}): nothing to do"
+                    )
                     return current
-                why = ("a different size or scenario was asked for" if current.up
-                       else "it is not healthy (an engine is down or a previous run crashed)")
+                why = (
+                    "a different size or scenario was asked for"
+                    if current.up
+                    else "it is not healthy (an engine is down or a previous run crashed)"
+                )
                 log(f"replacing the sandbox in {self.directory}: {why}")
             if state or self.directory.is_dir():
                 self._teardown(log)
@@ -763,18 +830,29 @@ class Sandbox:
                 work = base / "work"
                 work.mkdir(parents=True, exist_ok=True)
                 scen_mod.seed_engine(engine.docker_host, scen, work, log)
+                # What runs now must run on every copy (the engine stop below stops it all).
+                running = _running_container_ids(engine.sock)
                 # Restart once: drops the network sandboxes left by builds and runs, so copies start clean.
                 _stop_engine(engine, pid)
                 pid = _start_engine(engine)
                 _wait_ready(engine, pid)
-                running = _running_container_ids(engine.sock)
             finally:
                 _stop_engine(engine, pid)
             shutil.rmtree(base / "work", ignore_errors=True)
-            _write_atomic(meta_path, json.dumps({
-                "scenario": scen.name, "content_hash": scen.content_hash(), "root": str(engine.root),
-                "running": running, "seconds": round(time.monotonic() - t0, 1),
-            }, indent=2) + "\n")
+            _write_atomic(
+                meta_path,
+                json.dumps(
+                    {
+                        "scenario": scen.name,
+                        "content_hash": scen.content_hash(),
+                        "root": str(engine.root),
+                        "running": running,
+                        "seconds": round(time.monotonic() - t0, 1),
+                    },
+                    indent=2,
+                )
+                + "\n",
+            )
             log(f"golden engine seeded in {time.monotonic() - t0:.0f} s")
             return engine, running
 
@@ -795,7 +873,9 @@ class Sandbox:
                 log(f"removed outdated golden engine {old}")
             lock.unlink(missing_ok=True)
 
-    def _create(self, hosts: int, scen_mod: Any, scen: Any, content_hash: str | None, log: Log) -> SandboxStatus:
+    def _create(
+        self, hosts: int, scen_mod: Any, scen: Any, content_hash: str | None, log: Log
+    ) -> SandboxStatus:
         t0 = time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
         engines = [self._engine(i) for i in range(hosts)]
@@ -831,6 +911,7 @@ class Sandbox:
         log(f"{hosts} engines answer ({time.monotonic() - t0:.1f} s)")
 
         if golden is not None:
+
             def finish(item: tuple[int, _Engine]) -> None:
                 index, engine = item
                 _ensure_running(engine.sock, golden[1])
@@ -845,8 +926,10 @@ class Sandbox:
         result = self.status()
         ids = {h.engine_id for h in result.hosts}
         if len(ids) != hosts:
-            raise EngineError("sandbox engines report the same engine ID",
-                              hint="each engine needs its own /etc/docker (unshare --mount); see dockerd.log")
+            raise EngineError(
+                "sandbox engines report the same engine ID",
+                hint="each engine needs its own /etc/docker (unshare --mount); see dockerd.log",
+            )
         log(f"sandbox up: {hosts} hosts in {time.monotonic() - t0:.1f} s; inventory {self.inventory_path}")
         return result
 
@@ -864,7 +947,11 @@ class Sandbox:
         if scen is not None:
             log(f"writing the scenario's sources to {self.sources_root}")
             scen_mod.prepare_sources(scen, self.sources_root)
-            wheelhouse = scen_mod.ensure_wheelhouse(scen, WHEELHOUSE_CACHE) if hasattr(scen_mod, "ensure_wheelhouse") else None
+            wheelhouse = (
+                scen_mod.ensure_wheelhouse(scen, WHEELHOUSE_CACHE)
+                if hasattr(scen_mod, "ensure_wheelhouse")
+                else None
+            )
             policy = scen_mod.policy_vars(scen, self.sources_root, wheelhouse)
         else:
             self.sources_root.mkdir(parents=True, exist_ok=True)
@@ -879,13 +966,17 @@ class Sandbox:
 def check_environment(need_dockerd: bool = True) -> None:
     """Raise EnvironmentProblem (exit 2) naming what is missing to run sandbox engines."""
     if os.geteuid() != 0:
-        raise EnvironmentProblem("the sandbox needs root: it starts dockerd engines and mounts in namespaces",
-                                 hint="run it as root (sudo acgs-remediate sandbox ...)")
+        raise EnvironmentProblem(
+            "the sandbox needs root: it starts dockerd engines and mounts in namespaces",
+            hint="run it as root (sudo acgs-remediate sandbox ...)",
+        )
     if need_dockerd:
         missing = [p for p in ("dockerd", "containerd", "runc") if not shutil.which(p)]
         if missing:
-            raise EnvironmentProblem(f"{', '.join(missing)} not found on PATH",
-                                     hint="install the Docker engine: apt-get install docker.io (or run 'make setup')")
+            raise EnvironmentProblem(
+                f"{', '.join(missing)} not found on PATH",
+                hint="install the Docker engine: apt-get install docker.io (or run 'make setup')",
+            )
     for prog in ("unshare", "mount"):
         if not shutil.which(prog):
             raise EnvironmentProblem(f"{prog} not found on PATH", hint="apt-get install util-linux mount")

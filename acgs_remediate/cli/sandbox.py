@@ -24,8 +24,12 @@ app.add_typer(sandbox_app, name="sandbox")
 
 DirOpt = Annotated[
     Path | None,
-    typer.Option("--dir", "-d", help="Sandbox directory (short: unix socket paths). Default: $ACGS_SANDBOX_DIR "
-                 "or /var/lib/acgs-sb.", show_default=False),
+    typer.Option(
+        "--dir",
+        "-d",
+        help="Sandbox directory (short: unix socket paths). Default: $ACGS_SANDBOX_DIR or /var/lib/acgs-sb.",
+        show_default=False,
+    ),
 ]
 
 
@@ -51,8 +55,12 @@ def _table(st: SandboxStatus) -> Table:
         table.add_column(col)
     for h in st.hosts:
         table.add_row(
-            h.name, h.docker_host, str(h.pid or "-"), "[green]up[/]" if h.running else "[red]down[/]",
-            h.engine_name or "-", (h.engine_id or "-")[:14],
+            h.name,
+            h.docker_host,
+            str(h.pid or "-"),
+            "[green]up[/]" if h.running else "[red]down[/]",
+            h.engine_name or "-",
+            (h.engine_id or "-")[:14],
             "-" if h.images is None else str(h.images),
             "-" if h.containers is None else f"{h.containers} ({h.containers_running} running)",
         )
@@ -61,9 +69,15 @@ def _table(st: SandboxStatus) -> Table:
 
 @sandbox_app.command("up")
 def up(
-    hosts: Annotated[int, typer.Option("--hosts", "-n", min=1, max=99, help="Number of engines (hosts).")] = 3,
-    scenario: Annotated[str, typer.Option("--scenario", "-s", help="Scenario to seed: acgs-1, a scenario path, "
-                                          "or none (empty engines).")] = "acgs-1",
+    hosts: Annotated[
+        int, typer.Option("--hosts", "-n", min=1, max=99, help="Number of engines (hosts).")
+    ] = 3,
+    scenario: Annotated[
+        str,
+        typer.Option(
+            "--scenario", "-s", help="Scenario to seed: acgs-1, a scenario path, or none (empty engines)."
+        ),
+    ] = "acgs-1",
     directory: DirOpt = None,
 ) -> None:
     """Start N isolated dockerd engines, write their inventory and seed the scenario (idempotent)."""
@@ -79,7 +93,9 @@ def up(
 @sandbox_app.command("status")
 def status(
     directory: DirOpt = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format (table or json).")] = OutputFormat.table,
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format (table or json).")
+    ] = OutputFormat.table,
 ) -> None:
     """Show the sandbox engines: state, engine ID and name, images, containers. Exit 1 if one is down."""
     sb = Sandbox(_dir(directory))
@@ -92,8 +108,10 @@ def status(
         out.print("| host | docker_host | state | engine name | images | containers |")
         out.print("|---|---|---|---|---|---|")
         for h in st.hosts:
-            out.print(f"| {h.name} | {h.docker_host} | {'up' if h.running else 'down'} | {h.engine_name or '-'} "
-                      f"| {h.images if h.images is not None else '-'} | {h.containers if h.containers is not None else '-'} |")
+            out.print(
+                f"| {h.name} | {h.docker_host} | {'up' if h.running else 'down'} | {h.engine_name or '-'} "
+                f"| {h.images} | {h.containers} |"
+            )
     else:
         out.print(_table(st))
     if not st.exists:
