@@ -1,0 +1,29 @@
+"""ACGS-1 ac_service service: a small WSGI app (bottle) with a health endpoint."""
+
+import os
+import time
+
+from itsdangerous import TimestampSigner
+from bottle import Bottle, response, run
+
+app = Bottle()
+STARTED = time.time()
+
+
+@app.get("/health")
+def health():
+    """Return the service's health as JSON."""
+    response.content_type = "application/json"
+    return {"status": "healthy", "service": "ac_service", "uptime_s": round(time.time() - STARTED, 1)}
+
+
+@app.get("/principles")
+def principles():
+    """Return the constitutional principles, signed."""
+    signer = TimestampSigner(os.environ.get("ACGS_SECRET", "sandbox"))
+    return {"principles": ["transparency", "accountability"], "sig": signer.sign("v1").decode()}
+
+
+if __name__ == "__main__":
+    # ACGS_BIND/ACGS_PORT: the sandbox runs every service on the host network, one 127.0.x.y per host.
+    run(app, host=os.environ.get("ACGS_BIND", "127.0.0.1"), port=int(os.environ.get("ACGS_PORT", "8000")), quiet=True)

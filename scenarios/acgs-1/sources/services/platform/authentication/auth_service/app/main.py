@@ -1,0 +1,28 @@
+"""ACGS-1 auth_service service: a small WSGI app (bottle) with a health endpoint."""
+
+import os
+import time
+
+from itsdangerous import URLSafeTimedSerializer
+from bottle import Bottle, response, run
+
+app = Bottle()
+STARTED = time.time()
+
+
+@app.get("/health")
+def health():
+    """Return the service's health as JSON."""
+    response.content_type = "application/json"
+    return {"status": "healthy", "service": "auth_service", "uptime_s": round(time.time() - STARTED, 1)}
+
+
+@app.post("/token")
+def token():
+    """Issue a (toy) signed session token."""
+    return {"token": URLSafeTimedSerializer(os.environ.get("ACGS_SECRET", "sandbox")).dumps({"sub": "demo"})}
+
+
+if __name__ == "__main__":
+    # ACGS_BIND/ACGS_PORT: the sandbox runs every service on the host network, one 127.0.x.y per host.
+    run(app, host=os.environ.get("ACGS_BIND", "127.0.0.1"), port=int(os.environ.get("ACGS_PORT", "8000")), quiet=True)
