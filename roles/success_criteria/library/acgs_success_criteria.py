@@ -51,15 +51,19 @@ options:
     description:
       - The acgs-remediate state store (SQLite). Empty means the CLI's default
         (C($ACGS_REMEDIATE_STATE), else C(~/.local/state/acgs-remediate/state.db)).
-      - A store that does not exist is not created; baselines and build records then read as absent (not verified).
+      - A store that does not exist is not created; baselines and build records then read as absent
+        (not verified).
     type: path
 requirements:
-  - acgs_remediate importable by the module's Python (set ansible_python_interpreter to ansible_playbook_python)
+  - acgs_remediate importable by the module's Python
+    (set ansible_python_interpreter to ansible_playbook_python)
 """
 
 RETURN = r"""
 criteria:
-  description: One entry per criterion, in the report's order (id, title, status, measured, threshold, causes, details).
+  description:
+    - One entry per criterion, in the report's order
+      (id, title, status, measured, threshold, causes, details).
   returned: success
   type: list
   elements: dict
@@ -69,9 +73,10 @@ verdict:
   type: str
 """
 
-from pathlib import Path
+# Ansible modules carry their documentation before the imports.
+from pathlib import Path  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 
 def main() -> None:
@@ -129,7 +134,8 @@ def main() -> None:
     try:
         snapshot = collect(host)
     except Exception as exc:  # an engine down is this host's failure, reported in one line
-        module.fail_json(msg=f"engine unreachable: {p['docker_host']}: {describe_error(exc)}", unreachable=True)
+        reason = describe_error(exc)
+        module.fail_json(msg=f"engine unreachable: {p['docker_host']}: {reason}", unreachable=True)
         return
     results = evaluate(host.name, baseline, snapshot, records, policy)
     module.exit_json(
