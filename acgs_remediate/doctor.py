@@ -150,14 +150,12 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
             else:
                 out.append(r"\\")
         elif ch == "[":
-            # A character class as filepath.Match knows it; "[!x]" negates like "[^x]".
-            end = pattern.find("]", i + 1)
+            # A character class as Go's filepath.Match knows it: "[^x]" negates; "!" is a plain character.
+            end = pattern.find("]", i + 2)
             if end == -1:
                 out.append(r"\[")
             else:
                 body = pattern[i + 1 : end]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
                 out.append("[" + body.replace("\\", "\\\\") + "]")
                 i = end
         else:
