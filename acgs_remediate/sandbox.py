@@ -674,8 +674,8 @@ class Sandbox:
         if not 1 <= hosts <= MAX_HOSTS:
             raise UsageError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
         scen_name = None if scenario in (None, "", "none") else scenario
-        self._check_directory()
         check_environment()
+        self._check_directory()
         scen_mod = scen = None
         content_hash = None
         if scen_name is not None:
