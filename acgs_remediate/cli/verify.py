@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..criteria import CriterionResult, Status, evaluate, overall, rollup, unreachable_results
-from ..errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+from ..errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, UsageError
 from . import app
 from .common import (
     ForksOpt,
@@ -84,7 +84,13 @@ def verify(
     code = EXIT_PARTIAL if down else (EXIT_OK if verdict is Status.passed else EXIT_FAILED)
 
     if junit is not None:
-        write_junit(junit, per_host, down)
+        try:
+            write_junit(junit, per_host, down)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write the JUnit file {junit}: {exc.strerror or exc}",
+                hint="pass --junit with a writable path",
+            ) from None
     if fmt is OutputFormat.json:
         print_json(report_dict(per_host, fleet_results, down, verdict, code, store_path))
     elif fmt is OutputFormat.markdown:
