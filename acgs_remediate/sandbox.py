@@ -544,6 +544,20 @@ def _load_scenario_module() -> Any:
     return scenario_module
 
 
+
+@contextlib.contextmanager
+def _scenario_step(what: str, logfile: Path | None = None) -> Iterator[None]:
+    """Turn a failure inside the scenario's code into one EngineError line (no traceback for the user)."""
+    try:
+        yield
+    except (EngineError, UsageError):
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+        hint = f"see {logfile}" if logfile else "run again; the scenario's own message is above"
+        raise EngineError(f"{what} failed: {detail}", hint=hint) from exc
+
+
 # --------------------------------------------------------------------------------------------- sandbox
 
 
@@ -766,7 +780,8 @@ class Sandbox:
             _wait_ready(engine, pid)
             if golden is not None:
                 _ensure_running(engine.sock, golden[1])
-                scen_mod.apply_variant(engine.docker_host, scen, index, count, log)
+                with _scenario_step(f"scenario variant for {engine.hostname}", engine.logfile):
+                    scen_mod.apply_variant(engine.docker_host, scen, index, count, log)
             return pid
 
         with ThreadPoolExecutor(max_workers=min(4, len(indexes)) or 1) as pool:
@@ -829,7 +844,8 @@ class Sandbox:
                 _wait_ready(engine, pid)
                 work = base / "work"
                 work.mkdir(parents=True, exist_ok=True)
-                scen_mod.seed_engine(engine.docker_host, scen, work, log)
+                with _scenario_step(f"seeding scenario {scen.name} into the golden engine", engine.logfile):
+                    scen_mod.seed_engine(engine.docker_host, scen, work, log)
                 # What runs now must run on every copy (the engine stop below stops it all).
                 running = _running_container_ids(engine.sock)
                 # Restart once: drops the network sandboxes left by builds and runs, so copies start clean.
@@ -915,7 +931,8 @@ class Sandbox:
             def finish(item: tuple[int, _Engine]) -> None:
                 index, engine = item
                 _ensure_running(engine.sock, golden[1])
-                scen_mod.apply_variant(engine.docker_host, scen, index, hosts, log)
+                with _scenario_step(f"scenario variant for {engine.hostname}", engine.logfile):
+                    scen_mod.apply_variant(engine.docker_host, scen, index, hosts, log)
 
             with ThreadPoolExecutor(max_workers=min(4, hosts)) as pool:
                 list(pool.map(finish, enumerate(engines)))
@@ -946,13 +963,10 @@ class Sandbox:
         inventory = {"all": {"children": {GROUP: {"hosts": hosts}}}}
         if scen is not None:
             log(f"writing the scenario's sources to {self.sources_root}")
-            scen_mod.prepare_sources(scen, self.sources_root)
-            wheelhouse = (
-                scen_mod.ensure_wheelhouse(scen, WHEELHOUSE_CACHE)
-                if hasattr(scen_mod, "ensure_wheelhouse")
-                else None
-            )
-            policy = scen_mod.policy_vars(scen, self.sources_root, wheelhouse)
+            with _scenario_step(f"preparing scenario {scen.name}'s sources and policy"):
+                scen_mod.prepare_sources(scen, self.sources_root)
+                wheelhouse = scen_mod.ensure_wheelhouse(scen, WHEELHOUSE_CACHE)
+                policy = scen_mod.policy_vars(scen, self.sources_root, wheelhouse)
         else:
             self.sources_root.mkdir(parents=True, exist_ok=True)
             policy = {"sources_root": str(self.sources_root)}
