@@ -994,3 +994,23 @@ def check_environment(need_dockerd: bool = True) -> None:
     for prog in ("unshare", "mount"):
         if not shutil.which(prog):
             raise EnvironmentProblem(f"{prog} not found on PATH", hint="apt-get install util-linux mount")
+
+
+def purge_golden_cache(log: Log = _quiet) -> None:
+    """Delete the cached golden engines that no running `up` is using (they are rebuilt when needed)."""
+    check_environment(need_dockerd=False)
+    cache = _golden_cache()
+    if not cache.is_dir():
+        return
+    for base in sorted(p for p in cache.iterdir() if p.is_dir()):
+        lock = cache / f"{base.name}.lock"
+        with open(lock, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                log(f"kept {base}: in use")
+                continue
+            _stop_engine(_Engine(base, "golden", f"acgs-golden-{base.name}"), None, graceful=False)
+            shutil.rmtree(base, ignore_errors=True)
+            log(f"removed golden engine {base}")
+        lock.unlink(missing_ok=True)

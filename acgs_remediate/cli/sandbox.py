@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..sandbox import Sandbox, SandboxStatus
+from ..sandbox import Sandbox, SandboxStatus, purge_golden_cache
 from ..sandbox_paths import default_sandbox_dir
 from . import app
 from .common import OutputFormat, err, out, print_json
@@ -51,14 +51,13 @@ class _Progress:
 
 def _table(st: SandboxStatus) -> Table:
     table = Table(title=f"sandbox {st.directory} — scenario {st.scenario or 'none'}", title_justify="left")
-    for col in ("host", "docker_host", "pid", "state", "engine name", "engine id", "images", "containers"):
+    for col in ("host", "state", "pid", "engine name", "engine id", "images", "containers"):
         table.add_column(col)
     for h in st.hosts:
         table.add_row(
             h.name,
-            h.docker_host,
-            str(h.pid or "-"),
             "[green]up[/]" if h.running else "[red]down[/]",
+            str(h.pid or "-"),
             h.engine_name or "-",
             (h.engine_id or "-")[:14],
             "-" if h.images is None else str(h.images),
@@ -123,9 +122,17 @@ def status(
 
 
 @sandbox_app.command("down")
-def down(directory: DirOpt = None) -> None:
+def down(
+    directory: DirOpt = None,
+    purge_cache: Annotated[
+        bool,
+        typer.Option("--purge-cache", help="Also delete the cached golden engines (rebuilt on the next up)."),
+    ] = False,
+) -> None:
     """Stop every engine and remove the sandbox; leaves no process, mount or cgroup behind."""
     sb = Sandbox(_dir(directory))
     progress = _Progress()
     with progress.status:
         sb.down(log=progress)
+        if purge_cache:
+            purge_golden_cache(log=progress)
