@@ -541,8 +541,22 @@ def _load_scenario_module() -> Any:
         raise EnvironmentProblem(
             f"the scenario module is not available: {exc}", hint="use --scenario none for empty engines"
         ) from None
+    needed = (
+        "load_scenario",
+        "prepare_sources",
+        "policy_vars",
+        "ensure_wheelhouse",
+        "seed_engine",
+        "apply_variant",
+    )
+    missing = [name for name in needed if not callable(getattr(scenario_module, name, None))]
+    if missing:
+        # Checked before anything is started or removed: a half-built sandbox helps no one.
+        raise EnvironmentProblem(
+            f"acgs_remediate.scenario lacks {', '.join(missing)}",
+            hint="use --scenario none for empty engines",
+        )
     return scenario_module
-
 
 
 @contextlib.contextmanager
