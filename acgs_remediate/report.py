@@ -1,4 +1,4 @@
-"""The analyze report: one result model, rendered as rich tables, Markdown, JSON and a self-contained HTML page.
+"""The analyze report: one result model, rendered as rich tables, Markdown, JSON and a self-contained HTML.
 
 The Markdown follows the seed report's sections (executive summary, oversized images, dangling images,
 build failures, service image analysis, root causes, expected savings, risks) but every number comes from
@@ -245,7 +245,8 @@ def to_markdown(report: AnalyzeReport) -> str:
         "# Docker Images Analysis Report",
         "",
         f"**Generated**: {report.generated_at.strftime('%Y-%m-%d %H:%M:%S UTC')}  ",
-        f"**Analysis Type**: Storage and Performance Issues (live engines, {s.hosts} host(s), pattern `{report.pattern}`)  ",
+        f"**Analysis Type**: Storage and Performance Issues (live engines, {s.hosts} host(s), pattern "
+        f"`{report.pattern}`)  ",
         f"**Status**: {_STATUS_LINE[report.status]}  ",
         "",
         "## Executive Summary",
@@ -254,8 +255,10 @@ def to_markdown(report: AnalyzeReport) -> str:
     bullets = []
     if s.oversized_candidates:
         bullets.append(
-            f"- **🚨 {_hs(s.oversized_freed_bytes)} reclaimable** from {s.oversized_candidates} unused oversized image(s) "
-            f"(summed `docker images` sizes say {_hs(s.oversized_naive_bytes)}; shared layers counted once here)"
+            f"- **🚨 {_hs(s.oversized_freed_bytes)} reclaimable** from {s.oversized_candidates} unused "
+            "oversized image(s) "
+            f"(summed `docker images` sizes say {_hs(s.oversized_naive_bytes)}; shared layers counted once "
+            "here)"
         )
     if s.dangling_count:
         bullets.append(
@@ -278,7 +281,8 @@ def to_markdown(report: AnalyzeReport) -> str:
             f"- **🚨 Multi-gigabyte service images** (≥10x expected): {', '.join(oversized_services)}"
         )
     bullets.append(
-        f"- Images occupy {_hs(s.images_bytes)} on disk across the fleet (summed image sizes: {_hs(s.naive_images_bytes)}); "
+        f"- Images occupy {_hs(s.images_bytes)} on disk across the fleet (summed image sizes: "
+        f"{_hs(s.naive_images_bytes)}); "
         f"phase 1 (unused oversized + dangling) frees **{_hs(s.phase1_freed_bytes)}**"
     )
     if s.unreachable:
@@ -408,12 +412,14 @@ def _md_host(h: HostReport) -> list[str]:
     for f in shown:
         if not f.present:
             lines.append(
-                f"| `{f.ref}` | - | {_hs(f.budget)} | {_md_escape(f.reason)} (not on this host) | {f.priority} | - | - |"
+                f"| `{f.ref}` | - | {_hs(f.budget)} | {_md_escape(f.reason)} (not on this host) | "
+                f"{f.priority} | - | - |"
             )
             continue
         issue = _md_escape(f.reason) + (f"; protected by `{f.protected_by}`" if f.protected_by else "")
         lines.append(
-            f"| `{f.ref}` | **{_hs(f.size)}** | {_hs(f.budget)} | {issue} | {f.priority} | {_users(f.containers)} | "
+            f"| `{f.ref}` | **{_hs(f.size)}** | {_hs(f.budget)} | {issue} | {f.priority} | "
+            f"{_users(f.containers)} | "
             f"{_hs(f.freed_alone)} |"
         )
     hidden = len(a.oversized) - len(shown)
@@ -423,7 +429,8 @@ def _md_host(h: HostReport) -> list[str]:
     if over:
         lines += [
             "",
-            f"**Removing the unused ones frees**: {_hs(over.freed_bytes)} (summed sizes: {_hs(over.naive_bytes)})",
+            f"**Removing the unused ones frees**: {_hs(over.freed_bytes)} (summed sizes: "
+            f"{_hs(over.naive_bytes)})",
         ]
     d = a.dangling
     lines += [
@@ -524,7 +531,8 @@ def _md_risks(report: AnalyzeReport) -> list[str]:
             and a.storage.fs_free < 0.15 * a.storage.fs_total
         ):
             high.append(
-                f"**Storage exhaustion** on {a.host}: {_hs(a.storage.fs_free)} free of {_hs(a.storage.fs_total)}"
+                f"**Storage exhaustion** on {a.host}: {_hs(a.storage.fs_free)} free of "
+                f"{_hs(a.storage.fs_total)}"
             )
         stuck = [f.ref for f in a.oversized if f.present and f.in_use and f.source == "policy"]
         if stuck:
@@ -533,12 +541,14 @@ def _md_risks(report: AnalyzeReport) -> list[str]:
             )
         if a.dangling.in_use_count:
             medium.append(
-                f"**Dangling images used by stopped containers** on {a.host}: {a.dangling.in_use_count} (kept)"
+                f"**Dangling images used by stopped containers** on {a.host}: {a.dangling.in_use_count} "
+                "(kept)"
             )
         named = [v.name for v in a.volumes if not v.anonymous]
         if named:
             medium.append(
-                f"**Named volumes hold data** on {a.host} ({', '.join(named)}): `docker volume prune -f` on engines "
+                f"**Named volumes hold data** on {a.host} ({', '.join(named)}): `docker volume prune -f` on "
+                "engines "
                 "before API 1.42 deletes them once their container is gone — this tool never prunes volumes"
             )
     if report.summary.oversized_candidates:
@@ -549,7 +559,8 @@ def _md_risks(report: AnalyzeReport) -> list[str]:
         high.append(f"**Build failures**: {report.summary.build_errors} missing file(s) block deployments")
     if report.summary.services_over_budget:
         high.append(
-            f"**Performance impact**: {report.summary.services_over_budget} service image(s) over budget slow deploys"
+            f"**Performance impact**: {report.summary.services_over_budget} service image(s) over budget "
+            "slow deploys"
         )
     for u in report.unreachable:
         high.append(f"**Unreachable**: {u.host} was not analysed ({u.reason})")
@@ -568,7 +579,8 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
     s = report.summary
     style = {"CRITICAL": "bold red", "WARNING": "yellow", "OK": "green"}[report.status]
     console.print(
-        f"[bold]Docker images analysis[/] — {s.hosts} host(s), pattern {report.pattern}: [{style}]{report.status}[/]"
+        f"[bold]Docker images analysis[/] — {s.hosts} host(s), pattern {report.pattern}: "
+        f"[{style}]{report.status}[/]"
     )
     fleet = Table(title="Fleet", title_justify="left")
     for col, just in [
@@ -663,18 +675,24 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
 # --- HTML ------------------------------------------------------------------------------------------------
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1f2933;padding:0 1rem}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
+color:#1f2933;padding:0 1rem}
 h1{font-size:1.6rem}h2{border-bottom:1px solid #d9e2ec;padding-bottom:.3rem;margin-top:2rem}
 table{border-collapse:collapse;width:100%;margin:.8rem 0;font-size:.92rem}
 th,td{border:1px solid #d9e2ec;padding:.35rem .55rem;text-align:left;vertical-align:top}
 th{background:#f0f4f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .CRITICAL{color:#b42318;font-weight:600}.WARNING{color:#b54708;font-weight:600}.OK{color:#067647;font-weight:600}
-.UNREACHABLE{color:#b42318}.card{display:inline-block;border:1px solid #d9e2ec;border-radius:8px;padding:.7rem 1rem;
+.UNREACHABLE{color:#b42318}
+.card{display:inline-block;border:1px solid #d9e2ec;border-radius:8px;padding:.7rem 1rem;
 margin:.3rem .5rem .3rem 0;min-width:11rem}.card b{display:block;font-size:1.3rem}
 pre{background:#f0f4f8;padding:.6rem;border-radius:6px;white-space:pre-wrap}.muted{color:#627d98;font-size:.85rem}
 svg text{font-family:inherit;font-size:12px}
 """
 _COLORS = {"images": "#3e7cb1", "build_cache": "#f0a202", "volumes": "#7c9885", "budget": "#b42318"}
+
+
+def _severity_class(severity: str) -> str:
+    return "CRITICAL" if severity == "error" else "WARNING"
 
 
 def _e(x: object) -> str:
@@ -716,7 +734,8 @@ def _svg_storage(report: AnalyzeReport) -> str:
             w = value * scale
             if w > 0:
                 parts.append(
-                    f'<rect x="{x:.1f}" y="{y}" width="{max(w, 1):.1f}" height="{bar_h}" fill="{_COLORS[name]}">'
+                    f'<rect x="{x:.1f}" y="{y}" width="{max(w, 1):.1f}" height="{bar_h}" '
+                    f'fill="{_COLORS[name]}">'
                     f"<title>{_e(h.analysis.host)} {name}: {_hs(value)}</title></rect>"
                 )
             x += w
@@ -766,7 +785,8 @@ def _svg_budgets(h: HostReport) -> str:
         )
         bx = pos(budget)
         parts.append(
-            f'<line x1="{bx:.1f}" x2="{bx:.1f}" y1="{y - 2}" y2="{y + bar_h + 2}" stroke="{_COLORS["budget"]}" '
+            f'<line x1="{bx:.1f}" x2="{bx:.1f}" y1="{y - 2}" y2="{y + bar_h + 2}" '
+            f'stroke="{_COLORS["budget"]}" '
             'stroke-width="2"/>'
         )
         parts.append(f'<text x="{pos(size) + 4:.1f}" y="{y + 11}">{_hs(size)} ({size / budget:.1f}x)</text>')
@@ -794,7 +814,8 @@ def to_html(report: AnalyzeReport) -> str:
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>Docker images analysis — {_e(report.status)}</title><style>{_CSS}</style></head><body>",
         "<h1>Docker Images Analysis Report</h1>",
-        f"<p class='muted'>Generated {_e(report.generated_at.strftime('%Y-%m-%d %H:%M:%S UTC'))} from live engines "
+        f"<p class='muted'>Generated {_e(report.generated_at.strftime('%Y-%m-%d %H:%M:%S UTC'))} from live "
+        "engines "
         f"· {s.hosts} host(s) · pattern <code>{_e(report.pattern)}</code> · "
         f"<span class='{report.status}'>{_e(_STATUS_LINE[report.status])}</span></p>",
         "<h2>Executive summary</h2><div>",
@@ -868,7 +889,8 @@ def to_html(report: AnalyzeReport) -> str:
         out.append(f"<h2>Host {_e(a.host)} <span class='{h.status}'>{h.status}</span></h2>")
         out.append(
             f"<p class='muted'>Docker {_e(a.engine.server_version)} · API {_e(a.engine.api_version)} · "
-            f"{_e(a.engine.storage_driver)} / {_e(a.engine.image_store)} · data root {_e(a.engine.data_root)}</p>"
+            f"{_e(a.engine.storage_driver)} / {_e(a.engine.image_store)} · data root "
+            f"{_e(a.engine.data_root)}</p>"
         )
         out.append("<h3>Image size against budget</h3>" + _svg_budgets(h))
         out.append("<h3>Oversized images</h3>")
@@ -946,8 +968,7 @@ def to_html(report: AnalyzeReport) -> str:
                     _e(b.service),
                     f"{_hs(b.context_bytes)} · {b.context_files} files",
                     "<br>".join(
-                        f"<span class='{'CRITICAL' if f.severity == 'error' else 'WARNING'}'>{_e(f.title)}</span>: "
-                        f"{_e(f.message)}"
+                        f"<span class='{_severity_class(f.severity)}'>{_e(f.title)}</span>: {_e(f.message)}"
                         for f in b.findings
                         if f.severity != "info"
                     )

@@ -78,7 +78,7 @@ def analyze(
         ),
     ] = None,
 ) -> None:
-    """Analyse Docker hosts read-only: oversized and dangling images, real reclaimable bytes, builds, baselines.
+    """Analyse Docker hosts read-only: oversized and dangling images, reclaimable bytes, builds, baselines.
 
     The first analyze of a host records its baseline in the state store; later reports show the change.
     Exit 0: analysed; 3: some hosts unreachable (the others are still reported); 2: bad input.
