@@ -18,10 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
-from acgs_remediate import analysis, facts
 from acgs_remediate.criteria import CRITERIA
 from acgs_remediate.inventory import load_fleet
 from acgs_remediate.models import BuildRecord
@@ -52,60 +50,12 @@ def _verdicts(doc: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     return {host: {r["id"]: r for r in results} for host, results in doc["hosts"].items()}
 
 
-def _record_baselines(sb: Sandbox, state: Path) -> None:
-    # What analyze / phase 1 do first: remember each host's storage before anything is removed.
-    store = StateStore(state)
-    try:
-        for host in load_fleet(sb.inventory_path).hosts:
-            store.record_baseline(analysis.baseline_from(facts.collect(host)))
-    finally:
-        store.close()
-
-
-def _phase1_registered() -> bool:
-    from acgs_remediate.cli import app
-
-    return any(
-        (c.name or (c.callback.__name__ if c.callback else "")) == "phase1" for c in app.registered_commands
+def _cli(*args: str, timeout: float = 900) -> None:
+    """Run another acgs-remediate command that must succeed."""
+    proc = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, (
+        f"acgs-remediate {args[0]} exit {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     )
-
-
-def _run_phase1(sb: Sandbox, state: Path) -> str:
-    """Run phase 1 through the CLI; until that command exists, do its removals through the Docker API."""
-    if _phase1_registered():
-        proc = subprocess.run(
-            [CLI, "phase1", "-i", str(sb.inventory_path), "--state", str(state), "--yes"],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        assert proc.returncode == 0, f"phase1 failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        return "cli"
-    # Stand-in, used ONLY while `acgs-remediate phase1` has not landed: remove what the scenario says
-    # phase 1 removes (its removable oversized images, the dangling images no container uses, the build
-    # cache) — never with force, so an image a container uses cannot go.
-    scenario = load_scenario("acgs-1")
-    for index, name in enumerate(sb.hosts()):
-        client = docker.DockerClient(base_url=sb.docker_host(name), timeout=120)
-        try:
-            for ref in scenario.expectation(index).oversized_removable:
-                client.images.remove(ref, noprune=False)
-            for _ in range(5):  # a dangling parent goes only after its dangling child
-                used = {c.attrs["Image"] for c in client.containers.list(all=True)}
-                left = [i for i in client.images.list(filters={"dangling": True}) if i.id not in used]
-                if not left:
-                    break
-                for img in left:
-                    try:
-                        client.images.remove(img.id, noprune=False)
-                    except docker.errors.APIError as exc:
-                        if exc.status_code != 409:
-                            raise
-            client.api.prune_builds()
-        finally:
-            client.close()
-    return "stand-in"
 
 
 def _playbook_verdicts(
@@ -158,7 +108,8 @@ def test_verify_gate_before_and_after_phase1_and_with_build_records(
         assert _verdicts(doc)[host]["storage_reduction"]["status"] == "not_verified"
 
     # Before phase 1: dangling images and storage fail on every host, with the causes named.
-    _record_baselines(sb, state)
+    # analyze records each host's baseline before anything is removed.
+    _cli("analyze", "-i", str(sb.inventory_path), "--state", str(state), "--format", "json")
     junit = tmp_path / "verify.xml"
     code, doc = _verify(sb, state, "--junit", str(junit))
     assert code == 1 and doc["verdict"] == "fail"
@@ -196,17 +147,17 @@ def test_verify_gate_before_and_after_phase1_and_with_build_records(
             assert failure.get("type") == status
 
     # Phase 1: dangling and storage now pass exactly where the scenario says they can.
-    how = _run_phase1(sb, state)
+    _cli("phase1", "-i", str(sb.inventory_path), "--state", str(state), "--yes", "--format", "json")
     code, doc = _verify(sb, state)
     after = _verdicts(doc)
     for index, host in enumerate(hosts):
         exp = scenario.expectation(index)
         v = after[host]
         expected_storage = "pass" if exp.storage_criterion_after_phase1 else "fail"
-        assert v["storage_reduction"]["status"] == expected_storage, (how, host, v["storage_reduction"])
+        assert v["storage_reduction"]["status"] == expected_storage, (host, v["storage_reduction"])
         # Dangling images a container still uses must stay (safety invariant 1): they keep the
         # criterion failing, and the cause names the container.
-        assert v["zero_dangling"]["value"] == exp.dangling_in_use, (how, host, v["zero_dangling"]["causes"])
+        assert v["zero_dangling"]["value"] == exp.dangling_in_use, (host, v["zero_dangling"]["causes"])
         assert v["zero_dangling"]["status"] == ("pass" if exp.dangling_in_use == 0 else "fail")
         if exp.dangling_in_use:
             assert all("kept by container" in c for c in v["zero_dangling"]["causes"])
