@@ -451,7 +451,7 @@ def _md_host(h: HostReport) -> list[str]:
             lines.append(f"- {b.label} dangling image{'s' if b.count > 1 else ''} ({b.count}x)")
         lines.append("")
     lines += [
-        "### 4. Service Image Analysis",
+        "### 3. Service Image Analysis",
         "",
         "| Service | Current Size | Expected Size | Efficiency |",
         "|---------|-------------|---------------|------------|",
@@ -994,3 +994,10 @@ def render(report: AnalyzeReport, fmt: str) -> str:
     if fmt == "html":
         return to_html(report)
     raise ValueError(f"no text form for format {fmt!r}")
+
+
+if __name__ == "__main__":  # python -m acgs_remediate.report --schema (for docs/report-schema.md)
+    import sys
+
+    if sys.argv[1:] == ["--schema"]:
+        print(json.dumps(AnalyzeReport.model_json_schema(), indent=2, ensure_ascii=False))
