@@ -65,11 +65,7 @@ def test_golden_host_findings_match_the_scenario(sandbox: Sandbox, tmp_path: Pat
     expected = load_scenario("acgs-1").expectations["golden"]
     rc, report = _analyze_json(sandbox.inventory_path, tmp_path / "state.db")
     assert rc == 0 and report["unreachable"] == []
-    assert (
-        sorted(h["analysis"]["host"] for h in report["hosts"]) == sorted(sandbox.status().hosts_names())
-        if hasattr(sandbox.status(), "hosts_names")
-        else len(report["hosts"]) >= 1
-    )
+    assert len(report["hosts"]) == 3  # the shared fleet: sb-h01..sb-h03
     host = _host(report, GOLDEN)
     present = sorted(f["ref"] for f in host["oversized"] if f["source"] == "policy" and f["present"])
     assert present == sorted(expected["oversized_present"])
