@@ -36,12 +36,28 @@ def reclaimable_bytes(snapshot: HostSnapshot, image_ids: Iterable[str]) -> int:
     removed = _ids(image_ids)
     if not removed:
         return 0
-    kept = layers_kept(snapshot, removed)
-    freed: set[str] = set()
+    # A layer goes when every image referencing it goes: compare reference counts (linear in layers).
+    total: dict[str, int] = {}
+    gone: dict[str, int] = {}
     for img in snapshot.images:
-        if img.id in removed:
-            freed.update(c for c in img.layers if c not in kept)
-    return sum(snapshot.layer_sizes.get(c, 0) for c in freed)
+        hit = img.id in removed
+        for chain in set(img.layers):
+            total[chain] = total.get(chain, 0) + 1
+            if hit:
+                gone[chain] = gone.get(chain, 0) + 1
+    return sum(snapshot.layer_sizes.get(c, 0) for c, n in gone.items() if n == total[c])
+
+
+def freed_alone(snapshot: HostSnapshot) -> dict[str, int]:
+    """Return image ID -> bytes removing only that image frees (its layers no other image uses)."""
+    refs: dict[str, int] = {}
+    for img in snapshot.images:
+        for chain in set(img.layers):
+            refs[chain] = refs.get(chain, 0) + 1
+    return {
+        img.id: sum(snapshot.layer_sizes.get(c, 0) for c in set(img.layers) if refs[c] == 1)
+        for img in snapshot.images
+    }
 
 
 def naive_bytes(snapshot: HostSnapshot, image_ids: Iterable[str]) -> int:
@@ -289,6 +305,7 @@ def oversized_findings(snapshot: HostSnapshot, policy: Policy) -> list[Oversized
     images over a budget or the cap are reported so that someone rebuilds them.
     """
     used = images_in_use(snapshot)
+    alone = freed_alone(snapshot)
     findings: list[OversizedFinding] = []
     seen: set[str] = set()
     budgets = {s.image: policy.service_budget(s) for s in policy.services}
@@ -327,7 +344,7 @@ def oversized_findings(snapshot: HostSnapshot, policy: Policy) -> list[Oversized
                 containers=containers,
                 protected_by=protected,
                 candidate=not containers and protected is None,
-                freed_alone=reclaimable_bytes(snapshot, [img.id]),
+                freed_alone=alone.get(img.id, 0),
             )
         )
     for service in policy.services:
@@ -350,7 +367,7 @@ def oversized_findings(snapshot: HostSnapshot, policy: Policy) -> list[Oversized
                 source="service",
                 containers=_refs(snapshot, img.id, used),
                 protected_by=next((p for p in (policy.is_protected(t) for t in img.repo_tags) if p), None),
-                freed_alone=reclaimable_bytes(snapshot, [img.id]),
+                freed_alone=alone.get(img.id, 0),
             )
         )
     for img in sorted(snapshot.images, key=lambda i: -i.size):
@@ -370,7 +387,7 @@ def oversized_findings(snapshot: HostSnapshot, policy: Policy) -> list[Oversized
                 source="cap",
                 containers=_refs(snapshot, img.id, used),
                 protected_by=next((p for p in (policy.is_protected(t) for t in img.repo_tags) if p), None),
-                freed_alone=reclaimable_bytes(snapshot, [img.id]),
+                freed_alone=alone.get(img.id, 0),
             )
         )
     return findings
@@ -506,6 +523,7 @@ def volume_usage(snapshot: HostSnapshot) -> list[VolumeUse]:
 def analyze(snapshot: HostSnapshot, policy: Policy) -> HostAnalysis:
     """Return every finding of the report for one host."""
     used = images_in_use(snapshot)
+    alone = freed_alone(snapshot)
     storage = storage_bytes(snapshot)
     oversized = oversized_findings(snapshot, policy)
     dangling = dangling_summary(snapshot)
@@ -526,7 +544,7 @@ def analyze(snapshot: HostSnapshot, policy: Policy) -> HostAnalysis:
         if row.containers:
             in_use.append(row)
         else:
-            unused.append(row.model_copy(update={"freed_alone": reclaimable_bytes(snapshot, [img.id])}))
+            unused.append(row.model_copy(update={"freed_alone": alone.get(img.id, 0)}))
 
     over_ids = [f.image_id for f in oversized if f.candidate and f.image_id]
     dangling_ids = [d.image_id for d in dangling.images if not d.containers]

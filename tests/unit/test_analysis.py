@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from acgs_remediate import analysis
 from acgs_remediate.config import Policy
@@ -128,3 +130,49 @@ def test_size_buckets_group_close_sizes_like_the_report() -> None:
 
 def test_times_label() -> None:
     assert [analysis.times_label(r) for r in (30.15, 3.79, 1.375, 58.6)] == ["30x", "4x", "1.4x", "59x"]
+
+
+@st.composite
+def _snapshots(draw: st.DrawFn) -> tuple[HostSnapshot, list[str]]:
+    n_layers = draw(st.integers(1, 12))
+    chains = [f"sha256:{i:064x}" for i in range(n_layers)]
+    sizes = {c: draw(st.integers(0, 10**9)) for c in chains}
+    images = []
+    for i in range(draw(st.integers(1, 8))):
+        layers = draw(st.lists(st.sampled_from(chains), min_size=1, max_size=5))
+        images.append(
+            {
+                "id": f"sha256:{i + 1000:064x}",
+                "created": "2025-06-01T00:00:00Z",
+                "size": sum(sizes[c] for c in layers),
+                "layers": layers,
+            }
+        )
+    snapshot = HostSnapshot.model_validate(
+        {
+            "host": "h",
+            "collected_at": "2025-06-15T00:00:00Z",
+            "images": images,
+            "layer_sizes": sizes,
+            "engine": {
+                "name": "h",
+                "server_version": "x",
+                "api_version": "1.41",
+                "storage_driver": "overlay2",
+                "data_root": "/",
+            },
+        }
+    )
+    removed = draw(st.lists(st.sampled_from([i["id"] for i in images]), unique=True))
+    return snapshot, removed
+
+
+@given(_snapshots())
+def test_reclaimable_bytes_is_the_set_difference_of_layers(case: tuple[HostSnapshot, list[str]]) -> None:
+    snapshot, removed = case
+    kept = {c for i in snapshot.images if i.id not in removed for c in i.layers}
+    gone = {c for i in snapshot.images if i.id in removed for c in i.layers} - kept
+    assert analysis.reclaimable_bytes(snapshot, removed) == sum(snapshot.layer_sizes[c] for c in gone)
+    alone = analysis.freed_alone(snapshot)
+    for img in snapshot.images:
+        assert alone[img.id] == analysis.reclaimable_bytes(snapshot, [img.id])
