@@ -438,6 +438,7 @@ def _summarise(
             "changed": hr.changed,
             "actions": len(plans[name].actions),
             "removed": len(removed),
+            "removed_images": [{"id": r["id"], "tags": r["tags"]} for r in removed],
             "skipped": mod.get("skipped") or [],
             "predicted_bytes": mod.get("predicted_bytes", plans[name].predicted_bytes if check else None),
             "bytes_before": bytes_before,
