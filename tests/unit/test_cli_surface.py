@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 import typer
 
@@ -17,9 +16,10 @@ from acgs_remediate.cli import app
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _commands(cmd: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+def _commands(cmd, path: tuple[str, ...] = ()) -> list:
     found = [(path, cmd)]
-    if isinstance(cmd, click.Group):
+    # typer vendors its own click: duck-type groups rather than isinstance against the click package.
+    if hasattr(cmd, "commands"):
         for name, sub in sorted(cmd.commands.items()):
             found += _commands(sub, (*path, name))
     return found
@@ -28,8 +28,17 @@ def _commands(cmd: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tupl
 ALL_COMMANDS = _commands(typer.main.get_command(app))
 FLEET_COMMANDS = [
     path for path, cmd in ALL_COMMANDS
-    if path and any("--inventory" in p.opts for p in cmd.params if isinstance(p, click.Option))
+    if path and any("--inventory" in getattr(p, "opts", ()) for p in cmd.params)
 ]
+
+
+# Required arguments of fleet commands, so that the option under test is what fails.
+REQUIRED_ARGS = {("plan",): ["phase1"]}
+
+
+def _fleet_args(path: tuple[str, ...]) -> list[str]:
+    extra = ["--yes"] if path[-1].startswith("phase") else []
+    return [*path, *REQUIRED_ARGS.get(path, []), *extra]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -77,8 +86,7 @@ def test_unknown_command_is_a_usage_error():
 
 @pytest.mark.parametrize("path", FLEET_COMMANDS, ids=lambda p: " ".join(p))
 def test_missing_inventory_gives_one_line_and_exit_2(path, tmp_path):
-    extra = ["--yes"] if path[-1].startswith("phase") else []
-    result = run_cli(*path, "-i", str(tmp_path / "missing.yml"), *extra, env={"ACGS_REMEDIATE_STATE": str(tmp_path / "s.db")})
+    result = run_cli(*_fleet_args(path), "-i", str(tmp_path / "missing.yml"), env={"ACGS_REMEDIATE_STATE": str(tmp_path / "s.db")})
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -88,8 +96,7 @@ def test_missing_inventory_gives_one_line_and_exit_2(path, tmp_path):
 
 @pytest.mark.parametrize("path", FLEET_COMMANDS, ids=lambda p: " ".join(p))
 def test_unknown_host_pattern_gives_exit_2(path, tmp_path):
-    extra = ["--yes"] if path[-1].startswith("phase") else []
-    result = run_cli(*path, "-i", str(REPO / "inventory"), "--hosts", "nosuchgroup", *extra,
+    result = run_cli(*_fleet_args(path), "-i", str(REPO / "inventory"), "--hosts", "nosuchgroup",
                      env={"ACGS_REMEDIATE_STATE": str(tmp_path / "s.db")})
     assert result.returncode == 2, result.stderr
     assert "matches no host" in result.stderr
