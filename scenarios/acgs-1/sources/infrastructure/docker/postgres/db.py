@@ -16,6 +16,25 @@ class Ping(socketserver.StreamRequestHandler):
         self.wfile.write(f"OK postgres-sandbox 15 rows={rows}\n".encode())
 
 
+def _bind() -> str:
+    """Return the address to listen on: $ACGS_BIND, or with "auto" one derived from the hostname.
+
+    The sandbox runs each engine's services on the host network with the engine's hostname
+    (sb-hNN -> 127.0.(100 + (NN-1) // 250).(1 + (NN-1) % 250); anything else -> 127.0.99.1).
+    """
+    value = os.environ.get("ACGS_BIND", "127.0.0.1")
+    if value != "auto":
+        return value
+    import re
+    import socket
+
+    match = re.search(r"(?:^|-)h(\d+)$", socket.gethostname())
+    if not match or int(match.group(1)) < 1:
+        return "127.0.99.1"
+    n = int(match.group(1)) - 1
+    return f"127.0.{100 + n // 250}.{1 + n % 250}"
+
+
 if __name__ == "__main__":
     os.makedirs(DATA, exist_ok=True)
     with open(os.path.join(DATA, "PG_VERSION"), "w") as fh:
@@ -26,5 +45,5 @@ if __name__ == "__main__":
             db.executemany("insert into policies (name, version) values (?, ?)",
                            [("transparency", "1.0"), ("accountability", "2.1"), ("least-privilege", "2.0")])
     socketserver.TCPServer.allow_reuse_address = True
-    with socketserver.TCPServer((os.environ.get("ACGS_BIND", "127.0.0.1"), int(os.environ.get("ACGS_PORT", "5432"))), Ping) as srv:
+    with socketserver.TCPServer((_bind(), int(os.environ.get("ACGS_PORT", "5432"))), Ping) as srv:
         srv.serve_forever()

@@ -34,6 +34,25 @@ class Health(BaseHTTPRequestHandler):
         pass
 
 
+def _bind() -> str:
+    """Return the address to listen on: $ACGS_BIND, or with "auto" one derived from the hostname.
+
+    The sandbox runs each engine's services on the host network with the engine's hostname
+    (sb-hNN -> 127.0.(100 + (NN-1) // 250).(1 + (NN-1) % 250); anything else -> 127.0.99.1).
+    """
+    value = os.environ.get("ACGS_BIND", "127.0.0.1")
+    if value != "auto":
+        return value
+    import re
+    import socket
+
+    match = re.search(r"(?:^|-)h(\d+)$", socket.gethostname())
+    if not match or int(match.group(1)) < 1:
+        return "127.0.99.1"
+    n = int(match.group(1)) - 1
+    return f"127.0.{100 + n // 250}.{1 + n % 250}"
+
+
 if __name__ == "__main__":
     os.makedirs("/var/lib/acgs", exist_ok=True)
     cfg = Config(INI)
@@ -41,4 +60,4 @@ if __name__ == "__main__":
     command.upgrade(cfg, "head")
     print("migrated to", current_revision(), flush=True)
     if os.environ.get("ACGS_PORT"):
-        HTTPServer((os.environ.get("ACGS_BIND", "127.0.0.1"), int(os.environ["ACGS_PORT"])), Health).serve_forever()
+        HTTPServer((_bind(), int(os.environ["ACGS_PORT"])), Health).serve_forever()

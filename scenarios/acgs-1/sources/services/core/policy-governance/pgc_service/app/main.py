@@ -23,6 +23,25 @@ def policy(version):
     return {"version": version, "current": Version(version) >= Version("2.0")}
 
 
+def _bind() -> str:
+    """Return the address to listen on: $ACGS_BIND, or with "auto" one derived from the hostname.
+
+    The sandbox runs each engine's services on the host network with the engine's hostname
+    (sb-hNN -> 127.0.(100 + (NN-1) // 250).(1 + (NN-1) % 250); anything else -> 127.0.99.1).
+    """
+    value = os.environ.get("ACGS_BIND", "127.0.0.1")
+    if value != "auto":
+        return value
+    import re
+    import socket
+
+    match = re.search(r"(?:^|-)h(\d+)$", socket.gethostname())
+    if not match or int(match.group(1)) < 1:
+        return "127.0.99.1"
+    n = int(match.group(1)) - 1
+    return f"127.0.{100 + n // 250}.{1 + n % 250}"
+
+
 if __name__ == "__main__":
     # ACGS_BIND/ACGS_PORT: the sandbox runs every service on the host network, one 127.0.x.y per host.
-    run(app, host=os.environ.get("ACGS_BIND", "127.0.0.1"), port=int(os.environ.get("ACGS_PORT", "8000")), quiet=True)
+    run(app, host=_bind(), port=int(os.environ.get("ACGS_PORT", "8000")), quiet=True)
