@@ -784,7 +784,8 @@ def _python_runtime(cache: Path, wheelhouse: Path, log: Log) -> _Runtime:
 # ---------------------------------------------------------------- the images of the report
 
 _MB = 1_000_000
-_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONHOME=/usr", "LANG=C.UTF-8"]
+_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONHOME=/usr", "LANG=C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE=1"]
 # Wheels the small services install (the rest go to /wheels/db: the alembic runner's).
 _COMMON_WHEELS = ("bottle", "itsdangerous", "packaging", "pytest", "pluggy", "iniconfig")
 # Historical dates: the third-party images were pulled long ago; old builds span the report's range.
@@ -833,9 +834,10 @@ def _date(day: _dt.date, n: int) -> str:
 
 @dataclass
 class _Plan:
-    """What one `docker load` brings in, in order."""
+    """What the two `docker load`s bring in: what the builds need first, then the bulk."""
 
-    images: list[_Image]
+    images: list[_Image]  # bases and the services' old builds (the builds below retag them)
+    bulk: list[_Image]  # third-party images and the router's old build stage (loaded during the builds)
     pgc_old_tag: str
 
 
@@ -885,8 +887,8 @@ def _image_plan(scenario: Scenario, runtime: _Runtime, wheelhouse: Path) -> _Pla
     builder.append(_fill(builder, sizes[builder_ref], "router-build", "/src/target/release/deps/router.rlib", "RUN cargo build --release (stand-in)"))
     server = builder + [_fill(builder, sizes[server_ref], "router-server", "/usr/local/bin/router-server", "COPY router-server (stand-in)")]
     run_cfg = {"Env": _ENV, "Cmd": ["sh"]}
-    images += [_Image(rocm, _PULLED[rocm_ref], [rocm_ref], run_cfg), _Image(triton, _PULLED[triton_ref], [triton_ref], run_cfg),
-               _Image(builder, _PULLED[builder_ref], [builder_ref], run_cfg), _Image(server, _PULLED[server_ref], [server_ref], run_cfg)]
+    bulk = [_Image(rocm, _PULLED[rocm_ref], [rocm_ref], run_cfg), _Image(triton, _PULLED[triton_ref], [triton_ref], run_cfg),
+            _Image(builder, _PULLED[builder_ref], [builder_ref], run_cfg), _Image(server, _PULLED[server_ref], [server_ref], run_cfg)]
 
     # --- old builds that are (or become, when the seed rebuilds their tag) dangling images.
     buckets = scenario.report.dangling.breakdown
@@ -902,8 +904,8 @@ def _image_plan(scenario: Scenario, runtime: _Runtime, wheelhouse: Path) -> _Pla
     old_alembic.append(_fill(old_alembic, s(buckets[1].size), "alembic-old-jupyter", "/opt/jupyter/lab/bundle.js", "RUN pip install jupyterlab (stand-in)"))
     old_router_stage = [ubuntu]
     old_router_stage.append(_fill(old_router_stage, s(buckets[2].size), "router-old-stage", "/src/target/release/build/router-build.tar", "RUN cargo build (build stage, left behind)"))
+    bulk.append(_Image(old_router_stage, _date(first + _dt.timedelta(days=5), 1), [], run_cfg))
     images += [
-        _Image(old_router_stage, _date(first + _dt.timedelta(days=5), 1), [], run_cfg),
         _Image(old_gs, _date(last - _dt.timedelta(days=2), 2), [gs.image], {"Env": _ENV, "Cmd": ["python3", "/app/app/main.py"], "WorkingDir": "/app"}),
         _Image(old_alembic, _date(last - _dt.timedelta(days=1), 3), [alembic.image], {"Env": _ENV, "Cmd": ["python3", "/app/run.py"], "WorkingDir": "/app"}),
     ]
@@ -933,7 +935,7 @@ def _image_plan(scenario: Scenario, runtime: _Runtime, wheelhouse: Path) -> _Pla
             images.append(_Image(layers, _date(day, n), tag, cfg))
             if name == "pgc" and k == count - 1:
                 pgc_old_tag = svc.image
-    return _Plan(images=images, pgc_old_tag=pgc_old_tag)
+    return _Plan(images=images, bulk=bulk, pgc_old_tag=pgc_old_tag)
 
 
 # ---------------------------------------------------------------- builds, containers, variants
@@ -1011,9 +1013,12 @@ def seed_engine(docker_host: str, scenario: Scenario, work: Path, log: Log) -> N
     wheelhouse = ensure_wheelhouse(scenario, cache)
     runtime = _python_runtime(cache, wheelhouse, log)
     plan = _image_plan(scenario, runtime, wheelhouse)
-    log(f"loading {len(plan.images)} images (bases, third-party, old builds)")
+    log(f"loading {len(plan.images)} images (bases, old builds)")
     _load(client, plan.images, log)
     log(f"  loaded in {time.monotonic() - t0:.1f} s")
+    # The third-party bytes are disk-bound and the builds mostly CPU-bound: overlap them.
+    pool = ThreadPoolExecutor(max_workers=3)
+    bulk = pool.submit(_load, _client(docker_host), plan.bulk, log)
 
     # The pgc container ran the build before the last one, crashed and stayed stopped: once pgc is
     # rebuilt below, its image is dangling and still in use.
@@ -1036,10 +1041,19 @@ def seed_engine(docker_host: str, scenario: Scenario, work: Path, log: Log) -> N
     # The big ones first, so the two build slots stay busy.
     for svc in sorted(scenario.services, key=lambda x: -parse_size(x.size)):
         jobs.append((sources / svc.context, svc.dockerfile, svc.image))
-    log(f"building {len(jobs)} images (classic builder, network none)")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(lambda job: _build(client, job[0], job[1], job[2], log), jobs))
-    log(f"  builds done in {time.monotonic() - t1:.1f} s")
+    log(f"building {len(jobs)} images (classic builder, network none) while loading {len(plan.bulk)} more")
+    try:
+        builds = [pool.submit(_build, client, ctx, dockerfile, tag, log) for ctx, dockerfile, tag in jobs[:1]]
+        builds[0].result()  # the database image first: a quick sanity check of the build path
+        queue = iter(jobs[1:])
+        workers = [pool.submit(lambda: [_build(client, *job, log) for job in queue]) for _ in range(2)]
+        for worker in workers:
+            worker.result()
+        log(f"  builds done in {time.monotonic() - t1:.1f} s")
+        bulk.result()
+        log(f"  third-party images loaded ({time.monotonic() - t0:.1f} s)")
+    finally:
+        pool.shutdown(wait=True)
 
     # The compose stack as it runs on the report's host: the database with its named volume, the
     # deployed services (gs is not deployed there; the alembic runner ran with --rm).
