@@ -45,8 +45,12 @@ GROUP = "sandbox"
 STATE_FILE = "sandbox.json"
 GOLDEN_CACHE_ENV = "ACGS_GOLDEN_CACHE"
 DEFAULT_GOLDEN_CACHE = Path("/var/cache/acgs-remediate/golden")
-WHEELHOUSE_CACHE = Path("/var/cache/acgs-remediate/wheelhouse")
 MAX_HOSTS = 99
+# Concurrent sandboxes (demo, tests, each engineer's) share this machine's network namespace, and the
+# scenario's services bind an address derived from the engine name. Each live sandbox therefore holds a
+# slot: slot 0 names its engines sb-h01..; slot k names them sb-h<k>01.. (distinct addresses).
+SLOTS_DIR = Path("/run/acgs-remediate/sandbox-slots")
+MAX_SLOTS = 99
 # The longest socket path dockerd creates below an engine's base dir (containerd's debug socket).
 _LONGEST_SOCKET_SUFFIX = "/exec/containerd/containerd-debug.sock"
 _UNIX_PATH_MAX = 107
@@ -134,8 +138,9 @@ class _Engine:
     """Where one dockerd keeps everything, and what it is called."""
 
     base: Path
-    hostname: str
+    hostname: str  # the engine's name (/info Name); the services derive their 127.0.x.y from it
     cgroup_parent: str
+    name: str = ""  # the inventory host name (sb-hNN); empty for the golden engine
 
     @property
     def root(self) -> Path:
@@ -534,6 +539,14 @@ def _clone_data_root(golden: _Engine, host: _Engine) -> None:
             cfg.write_text(new)
 
 
+def _slot_alive(directory: Path, slot: int) -> bool:
+    """Return whether the sandbox in ``directory`` still exists and holds ``slot``."""
+    try:
+        return int(json.loads((directory / STATE_FILE).read_text()).get("slot", -1)) == slot
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+
+
 def _load_scenario_module() -> Any:
     try:
         from . import scenario as scenario_module
@@ -603,11 +616,40 @@ class Sandbox:
         """Return the inventory name of host ``index`` (0-based): sb-h01, sb-h02, ..."""
         return f"{HOST_PREFIX}{index + 1:02d}"
 
-    def _engine(self, index: int) -> _Engine:
+    @staticmethod
+    def engine_name(index: int, slot: int) -> str:
+        """Return the hostname of host ``index`` in sandbox ``slot``: sb-h01 or sb-h<slot>01."""
+        return f"{HOST_PREFIX}{index + 1:02d}" if slot == 0 else f"{HOST_PREFIX}{slot}{index + 1:02d}"
+
+    def _engine(self, index: int, slot: int | None = None) -> _Engine:
         digest = hashlib.sha1(str(self.directory).encode()).hexdigest()[:8]
+        if slot is None:
+            slot = int(self._state().get("slot", 0) or 0)
         return _Engine(
-            self.directory / f"h{index + 1:02d}", self.host_name(index), f"acgs-{digest}-h{index + 1:02d}"
+            self.directory / f"h{index + 1:02d}",
+            self.engine_name(index, slot),
+            f"acgs-{digest}-h{index + 1:02d}",
+            self.host_name(index),
         )
+
+    def _claim_slot(self) -> int:
+        """Return a slot no other live sandbox holds (ours again if we hold one); record it."""
+        with _flock(SLOTS_DIR.parent / "sandbox-slots.lock"):
+            SLOTS_DIR.mkdir(parents=True, exist_ok=True)
+            for k in range(MAX_SLOTS + 1):
+                path = SLOTS_DIR / str(k)
+                holder = path.read_text().strip() if path.is_file() else ""
+                if holder and holder != str(self.directory) and _slot_alive(Path(holder), k):
+                    continue
+                _write_atomic(path, f"{self.directory}\n")
+                return k
+        raise EngineError(f"all {MAX_SLOTS + 1} sandbox slots are taken", hint="bring a sandbox down first")
+
+    def _release_slot(self) -> None:
+        with contextlib.suppress(OSError), _flock(SLOTS_DIR.parent / "sandbox-slots.lock"):
+            for path in SLOTS_DIR.iterdir():
+                if path.read_text().strip() == str(self.directory):
+                    path.unlink()
 
     def _index(self, host: str) -> int:
         state = self._state()
@@ -647,7 +689,7 @@ class Sandbox:
     # ---- checks
 
     def _check_directory(self) -> None:
-        sock = f"{self._engine(MAX_HOSTS - 1).base}{_LONGEST_SOCKET_SUFFIX}"
+        sock = f"{self._engine(MAX_HOSTS - 1, slot=0).base}{_LONGEST_SOCKET_SUFFIX}"
         if len(sock) > _UNIX_PATH_MAX:
             raise UsageError(
                 f"sandbox directory {self.directory} is too long for unix socket paths "
@@ -819,19 +861,27 @@ class Sandbox:
         if recorded:
             log(f"stopping {len(recorded)} engines")
         with ThreadPoolExecutor(max_workers=min(20, len(recorded)) or 1) as pool:
-            list(pool.map(lambda item: _stop_engine(self._engine(item[0]), item[1]), recorded.items()))
+            # Its data is deleted next: a graceful engine stop (containers stopped one by one) buys nothing.
+            list(
+                pool.map(
+                    lambda item: _stop_engine(self._engine(item[0]), item[1], graceful=False),
+                    recorded.items(),
+                )
+            )
         _unmount_under(self.directory)
         left = _mounts_under(self.directory)
         if left:
             raise EngineError(f"cannot unmount {left[0]}", hint="check what holds it with 'fuser -m'")
+        bases = [self._engine(i).base for i in recorded]
         for name in ("inventory.yml", STATE_FILE):
             (self.directory / name).unlink(missing_ok=True)
-        for i in recorded:
-            shutil.rmtree(self._engine(i).base, ignore_errors=True)
+        with ThreadPoolExecutor(max_workers=min(8, len(bases)) or 1) as pool:
+            list(pool.map(lambda base: shutil.rmtree(base, ignore_errors=True), bases))
         for name in ("group_vars", "sources", "work"):
             shutil.rmtree(self.directory / name, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.directory.rmdir()
+        self._release_slot()
         log(f"sandbox in {self.directory} removed")
 
     def _golden(self, scen_mod: Any, scen: Any, log: Log) -> tuple[_Engine, list[str]]:
@@ -908,15 +958,20 @@ class Sandbox:
     ) -> SandboxStatus:
         t0 = time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
-        engines = [self._engine(i) for i in range(hosts)]
+        slot = self._claim_slot()
+        engines = [self._engine(i, slot) for i in range(hosts)]
         state: dict[str, Any] = {
             "version": 1,
             "state": "starting",
             "directory": str(self.directory),
+            "slot": slot,
             "scenario": scen.name if scen else None,
             "content_hash": content_hash,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "hosts": [{"name": e.hostname, "docker_host": e.docker_host, "pid": None} for e in engines],
+            "hosts": [
+                {"name": e.name, "engine_name": e.hostname, "docker_host": e.docker_host, "pid": None}
+                for e in engines
+            ],
         }
         # Recorded before anything starts, so a crash mid-way is found and cleaned by the next up/down.
         self._save_state(state)
@@ -965,21 +1020,27 @@ class Sandbox:
         return result
 
     def _write_inventory(self, engines: list[_Engine], scen_mod: Any, scen: Any, log: Log) -> None:
-        hosts = {
-            e.hostname: {
+        bind = getattr(scen_mod, "bind_for_hostname", None) if scen is not None else None
+        hosts: dict[str, dict[str, Any]] = {}
+        for i, e in enumerate(engines):
+            hosts[e.name] = {
                 "docker_host": e.docker_host,
                 "ansible_connection": "local",
                 "ansible_python_interpreter": "{{ ansible_playbook_python }}",
                 "acgs_sandbox_index": i,
+                "acgs_sandbox_engine_name": e.hostname,
             }
-            for i, e in enumerate(engines)
-        }
+            if callable(bind):
+                # Where this host's services listen (health checks): derived from the engine name.
+                hosts[e.name]["acgs_sandbox_bind_address"] = bind(e.hostname)
         inventory = {"all": {"children": {GROUP: {"hosts": hosts}}}}
         if scen is not None:
             log(f"writing the scenario's sources to {self.sources_root}")
             with _scenario_step(f"preparing scenario {scen.name}'s sources and policy"):
                 scen_mod.prepare_sources(scen, self.sources_root)
-                wheelhouse = scen_mod.ensure_wheelhouse(scen, WHEELHOUSE_CACHE)
+                # The scenario's own cache dir: seed_engine looks for the same wheelhouse there.
+                cache = Path(getattr(scen_mod, "DEFAULT_CACHE", "/var/cache/acgs-remediate"))
+                wheelhouse = scen_mod.ensure_wheelhouse(scen, cache)
                 policy = scen_mod.policy_vars(scen, self.sources_root, wheelhouse)
         else:
             self.sources_root.mkdir(parents=True, exist_ok=True)
