@@ -264,9 +264,13 @@ def load_scenario(name_or_path: str) -> Scenario:
     try:
         raw = yaml.safe_load(candidate.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise UsageError(f"cannot read scenario file {candidate}: {err}", hint="check the YAML syntax") from None
+        raise UsageError(
+            f"cannot read scenario file {candidate}: {err}", hint="check the YAML syntax"
+        ) from None
     if not isinstance(raw, dict):
-        raise UsageError(f"invalid scenario file {candidate}: expected a mapping", hint="see scenarios/acgs-1/scenario.yml")
+        raise UsageError(
+            f"invalid scenario file {candidate}: expected a mapping", hint="see scenarios/acgs-1/scenario.yml"
+        )
     try:
         scenario = Scenario.model_validate(raw)
     except ValidationError as err:
@@ -365,9 +369,7 @@ def prepare_sources(scenario: Scenario, dest: Path) -> None:
 # - containers created and started through the Engine API.
 # =============================================================================================
 
-import base64  # noqa: E402  (seeding-only imports kept next to the code that needs them)
 import datetime as _dt  # noqa: E402
-import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
@@ -431,7 +433,13 @@ def _sparse_member(entry: _Entry) -> bytes:
     sparse_map = b"1\n%d\n0\n" % entry.zeros
     sparse_map += bytes(-len(sparse_map) % 512)
     info = tarfile.TarInfo(f"GNUSparseFile.0/{name}")
-    info.size, info.mtime, info.mode, info.uname, info.gname = len(sparse_map), _EPOCH, entry.mode, "root", "root"
+    info.size, info.mtime, info.mode, info.uname, info.gname = (
+        len(sparse_map),
+        _EPOCH,
+        entry.mode,
+        "root",
+        "root",
+    )
     info.pax_headers = {
         "GNU.sparse.major": "1",
         "GNU.sparse.minor": "0",
@@ -489,7 +497,9 @@ class _Layer:
         if self.cached_tar is not None:
             with tarfile.open(self.cached_tar) as tf:
                 return sum(m.size if m.isfile() else len(m.linkname) if m.issym() else 0 for m in tf)
-        return sum(e.size if e.kind == "file" else len(e.target) if e.kind == "symlink" else 0 for e in self.entries)
+        return sum(
+            e.size if e.kind == "file" else len(e.target) if e.kind == "symlink" else 0 for e in self.entries
+        )
 
 
 @dataclass
@@ -554,7 +564,13 @@ def _archive_stream(images: list[_Image], log: Log) -> Iterator[bytes]:
         name = hashlib.sha256(blob).hexdigest() + ".json"
         yield member(name, len(blob))
         yield blob + bytes(-len(blob) % 512)
-        manifest.append({"Config": name, "RepoTags": image.tags or None, "Layers": [f"{layer.key}/layer.tar" for layer in image.layers]})
+        manifest.append(
+            {
+                "Config": name,
+                "RepoTags": image.tags or None,
+                "Layers": [f"{layer.key}/layer.tar" for layer in image.layers],
+            }
+        )
     blob = json.dumps(manifest).encode()
     yield member("manifest.json", len(blob))
     yield blob + bytes(-len(blob) % 512)
@@ -563,7 +579,9 @@ def _archive_stream(images: list[_Image], log: Log) -> Iterator[bytes]:
 
 def _load(client: Any, images: list[_Image], log: Log) -> list[str]:
     """Load ``images`` into the engine of ``client`` (one archive, streamed); return their image IDs."""
-    resp = client.api._post(client.api._url("/images/load"), data=_archive_stream(images, log), params={"quiet": "1"})
+    resp = client.api._post(
+        client.api._url("/images/load"), data=_archive_stream(images, log), params={"quiet": "1"}
+    )
     client.api._raise_for_status(resp)
     loaded: list[str] = []
     for line in resp.text.splitlines():
@@ -599,16 +617,36 @@ def ensure_wheelhouse(scenario: Scenario, cache: Path) -> Path:
     try:
         # Pinned, binary only, no dependency resolution: the list is complete on purpose, and the
         # wheels must match the CPython 3.11 copied into the base images.
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-               "--only-binary=:all:", "--no-deps", "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
-               "--platform", "manylinux_2_28_x86_64", "--platform", "any", "-d", str(tmp), "-r", str(reqs)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--no-deps",
+            "--python-version",
+            "3.11",
+            "--platform",
+            "manylinux2014_x86_64",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--platform",
+            "any",
+            "-d",
+            str(tmp),
+            "-r",
+            str(reqs),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         if proc.returncode != 0:
             from .errors import EnvironmentProblem
 
+            last = (proc.stderr.strip().splitlines() or [f"pip exited {proc.returncode}"])[-1]
             raise EnvironmentProblem(
-                f"cannot download the scenario's wheels: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}",
-                hint="the sandbox needs PyPI (or a pip index configured in pip.conf) once; the wheelhouse is cached after that",
+                f"cannot download the scenario's wheels: {last}",
+                hint="the sandbox needs PyPI (or an index in pip.conf) once; the wheelhouse is cached after",
             )
         (tmp / ".complete").write_text("ok\n")
         if dest.exists():
@@ -623,7 +661,7 @@ def ensure_wheelhouse(scenario: Scenario, cache: Path) -> Path:
 # The probe runs under the host's Debian python3.11 and writes the trimmed standard library:
 # exactly the modules the small services load at run time (bottle on wsgiref, itsdangerous,
 # packaging, json), compiled to .pyc in one deflated zip -> /usr/lib/python311.zip.
-_STDLIB_PROBE = r'''
+_STDLIB_PROBE = r"""
 import sys, threading
 out, wheels = sys.argv[1], sys.argv[2:]
 sys.path[:0] = wheels
@@ -648,7 +686,8 @@ for mod in list(sys.modules.values()):
     f = getattr(mod, "__file__", None) or ""
     if f.startswith(stdlib) and f.endswith(".py") and "/lib-dynload/" not in f and "-packages/" not in f:
         names.add(f[len(stdlib):])
-dynload = sorted(getattr(m, "__file__", "") for m in sys.modules.values() if "/lib-dynload/" in (getattr(m, "__file__", "") or ""))
+files = [getattr(m, "__file__", "") or "" for m in list(sys.modules.values())]
+dynload = sorted(f for f in files if "/lib-dynload/" in f)
 # Optional accelerators and TLS stay out of the small runtime (hashlib, http.client and zipfile fall
 # back without them); the full base has them.
 dynload = [d for d in dynload if d.rsplit("/", 1)[1].split(".")[0] in ("_json", "_typing")]
@@ -663,13 +702,40 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         zi.compress_type = zipfile.ZIP_DEFLATED
         zf.writestr(zi, pyc)
 print("\n".join(dynload))
-'''
+"""
 
 # Standard-library parts a service image never needs (the "full" base drops them too).
-_STDLIB_SKIP = ("test/", "idlelib/", "tkinter/", "turtledemo/", "lib2to3/", "ensurepip/", "pydoc_data/",
-                "distutils/", "config-3.11", "unittest/test/", "ctypes/test/", "sqlite3/test/", "lib-dynload/")
-_DYNLOAD_SKIP = ("_ssl", "_hashlib", "_test", "xx", "_ctypes_test", "_curses", "readline", "_dbm", "nis", "ossaudiodev", "audioop",
-                 "_tkinter", "_xxsub", "_xxtest")
+_STDLIB_SKIP = (
+    "test/",
+    "idlelib/",
+    "tkinter/",
+    "turtledemo/",
+    "lib2to3/",
+    "ensurepip/",
+    "pydoc_data/",
+    "distutils/",
+    "config-3.11",
+    "unittest/test/",
+    "ctypes/test/",
+    "sqlite3/test/",
+    "lib-dynload/",
+)
+_DYNLOAD_SKIP = (
+    "_ssl",
+    "_hashlib",
+    "_test",
+    "xx",
+    "_ctypes_test",
+    "_curses",
+    "readline",
+    "_dbm",
+    "nis",
+    "ossaudiodev",
+    "audioop",
+    "_tkinter",
+    "_xxsub",
+    "_xxtest",
+)
 
 
 def _ldd(paths: Iterable[str]) -> list[str]:
@@ -715,10 +781,15 @@ def _python_runtime(cache: Path, wheelhouse: Path, log: Log) -> _Runtime:
     if not Path(PYTHON_BIN).exists():
         from .errors import EnvironmentProblem
 
-        raise EnvironmentProblem(f"{PYTHON_BIN} is missing: the sandbox's base images copy it",
-                                 hint="apt-get install python3.11 (Debian bookworm)")
-    wheels = [str(w) for w in sorted(wheelhouse.glob("*.whl"))
-              if w.name.split("-")[0].lower() in ("bottle", "itsdangerous", "packaging")]
+        raise EnvironmentProblem(
+            f"{PYTHON_BIN} is missing: the sandbox's base images copy it",
+            hint="apt-get install python3.11 (Debian bookworm)",
+        )
+    wheels = [
+        str(w)
+        for w in sorted(wheelhouse.glob("*.whl"))
+        if w.name.split("-")[0].lower() in ("bottle", "itsdangerous", "packaging")
+    ]
     st = Path(PYTHON_BIN).stat()
     key = hashlib.sha256(f"{st.st_size}:{st.st_mtime}:{_STDLIB_PROBE}:{wheels}".encode()).hexdigest()[:12]
     zpath = cache / f"python311-slim-{key}.zip"
@@ -726,8 +797,13 @@ def _python_runtime(cache: Path, wheelhouse: Path, log: Log) -> _Runtime:
     if not zpath.exists():
         cache.mkdir(parents=True, exist_ok=True)
         tmp = zpath.with_suffix(".tmp")
-        proc = subprocess.run([PYTHON_BIN, "-I", "-S", "-c", _STDLIB_PROBE, str(tmp), *wheels],
-                              capture_output=True, text=True, timeout=120, check=False)
+        proc = subprocess.run(
+            [PYTHON_BIN, "-I", "-S", "-c", _STDLIB_PROBE, str(tmp), *wheels],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"building the trimmed standard library failed: {proc.stderr[-800:]}")
         dpath.write_text(proc.stdout)
@@ -735,18 +811,29 @@ def _python_runtime(cache: Path, wheelhouse: Path, log: Log) -> _Runtime:
     dynload = [p for p in dpath.read_text().split() if p]
     have: set[str] = set()
     slim = [
-        _Entry("/usr", "dir"), _Entry("/usr/bin", "dir"), _Entry("/usr/lib", "dir"), _Entry("/usr/lib64", "dir"),
-        _Entry("/bin", "symlink", target="usr/bin"), _Entry("/lib", "symlink", target="usr/lib"),
+        _Entry("/usr", "dir"),
+        _Entry("/usr/bin", "dir"),
+        _Entry("/usr/lib", "dir"),
+        _Entry("/usr/lib64", "dir"),
+        _Entry("/bin", "symlink", target="usr/bin"),
+        _Entry("/lib", "symlink", target="usr/lib"),
         _Entry("/lib64", "symlink", target="usr/lib64"),
-        _Entry("/etc", "dir"), _Entry("/etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+        _Entry("/etc", "dir"),
+        _Entry(
+            "/etc/passwd",
+            data=b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        ),
         _Entry("/etc/group", data=b"root:x:0:\nnogroup:x:65534:\n"),
-        _Entry("/root", "dir", mode=0o700), _Entry("/tmp", "dir", mode=0o1777), _Entry("/var", "dir"),
+        _Entry("/root", "dir", mode=0o700),
+        _Entry("/tmp", "dir", mode=0o1777),
+        _Entry("/var", "dir"),
         _Entry("/var/tmp", "dir", mode=0o1777),
         _Entry("/usr/bin/python3.11", host_file=PYTHON_BIN, mode=0o755),
         _Entry("/usr/bin/python3", "symlink", target="python3.11"),
         _Entry("/usr/bin/python", "symlink", target="python3"),
         _Entry("/usr/lib/python311.zip", host_file=str(zpath)),
-        _Entry("/usr/lib/python3.11", "dir"), _Entry("/usr/lib/python3.11/lib-dynload", "dir"),
+        _Entry("/usr/lib/python3.11", "dir"),
+        _Entry("/usr/lib/python3.11/lib-dynload", "dir"),
     ]
     slim += _lib_entries(_ldd([PYTHON_BIN, *dynload]), have)
     slim += [_Entry(p, host_file=p, mode=0o755) for p in dynload]
@@ -758,24 +845,34 @@ def _python_runtime(cache: Path, wheelhouse: Path, log: Log) -> _Runtime:
     full: list[_Entry] = [_Entry("/usr/lib/.wh.python311.zip", data=b"")]
     for path in sorted(stdlib.rglob("*")):
         rel = str(path.relative_to(stdlib))
-        if "__pycache__" in path.parts or any(rel.startswith(s) or rel == s.rstrip("/") for s in _STDLIB_SKIP):
+        if "__pycache__" in path.parts or any(
+            rel.startswith(s) or rel == s.rstrip("/") for s in _STDLIB_SKIP
+        ):
             continue
         if path.is_dir():
             full.append(_Entry(str(path), "dir"))
         elif path.suffix == ".py" and path.is_file():
             full.append(_Entry(str(path), host_file=str(path)))
-    exts = [str(p) for p in sorted((stdlib / "lib-dynload").glob("*.so"))
-            if not p.name.startswith(_DYNLOAD_SKIP) and str(p) not in dynload]
+    exts = [
+        str(p)
+        for p in sorted((stdlib / "lib-dynload").glob("*.so"))
+        if not p.name.startswith(_DYNLOAD_SKIP) and str(p) not in dynload
+    ]
     full += _lib_entries(_ldd(exts), have)
     full += [_Entry(p, host_file=p, mode=0o755) for p in exts]
     busybox = shutil.which("busybox") or "/bin/busybox"
     full.append(_Entry("/usr/bin/busybox", host_file=os.path.realpath(busybox), mode=0o755))
     applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=False).stdout.split()
     taken = {e.path for e in slim}
-    full += [_Entry(f"/usr/bin/{a}", "symlink", target="busybox") for a in sorted(applets)
-             if f"/usr/bin/{a}" not in taken and a not in ("busybox",)]
+    full += [
+        _Entry(f"/usr/bin/{a}", "symlink", target="busybox")
+        for a in sorted(applets)
+        if f"/usr/bin/{a}" not in taken and a not in ("busybox",)
+    ]
     return _Runtime(
-        slim=_Layer("py311-slim", slim, f"COPY python3.11 + {len(have)} libraries + trimmed stdlib (python311.zip)"),
+        slim=_Layer(
+            "py311-slim", slim, f"COPY python3.11 + {len(have)} libraries + trimmed stdlib (python311.zip)"
+        ),
         full=_Layer("py311-full", full, "COPY full standard library, extension modules, busybox"),
         dynload=dynload,
     )
@@ -784,13 +881,21 @@ def _python_runtime(cache: Path, wheelhouse: Path, log: Log) -> _Runtime:
 # ---------------------------------------------------------------- the images of the report
 
 _MB = 1_000_000
-_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONHOME=/usr", "LANG=C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE=1"]
+_ENV = [
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "PYTHONHOME=/usr",
+    "LANG=C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE=1",
+]
 # Wheels the small services install (the rest go to /wheels/db: the alembic runner's).
 _COMMON_WHEELS = ("bottle", "itsdangerous", "packaging", "pytest", "pluggy", "iniconfig")
 # Historical dates: the third-party images were pulled long ago; old builds span the report's range.
-_PULLED = {"rocm/pytorch:latest": "2024-11-19T08:12:40Z", "nvcr.io/nvidia/tritonserver:24.10-py3": "2024-10-29T17:03:11Z",
-           "llm-router-router-builder:latest": "2025-05-20T09:41:05Z", "router-server:latest": "2025-05-20T09:44:52Z"}
+_PULLED = {
+    "rocm/pytorch:latest": "2024-11-19T08:12:40Z",
+    "nvcr.io/nvidia/tritonserver:24.10-py3": "2024-10-29T17:03:11Z",
+    "llm-router-router-builder:latest": "2025-05-20T09:41:05Z",
+    "router-server:latest": "2025-05-20T09:44:52Z",
+}
 _BASES_CREATED = "2025-05-02T06:00:00Z"
 
 
@@ -798,8 +903,14 @@ def _pad(path: str, size: int) -> _Entry:
     return _Entry(path, zeros=max(size, 0))
 
 
-def _fill(layers_before: list[_Layer], target: int, key: str, path: str, created_by: str,
-          extra: list[_Entry] | None = None) -> _Layer:
+def _fill(
+    layers_before: list[_Layer],
+    target: int,
+    key: str,
+    path: str,
+    created_by: str,
+    extra: list[_Entry] | None = None,
+) -> _Layer:
     """Return a layer that brings the image made of ``layers_before`` + it to ``target`` bytes."""
     have = sum(layer.content_size for layer in layers_before)
     entries = list(extra or [])
@@ -821,9 +932,14 @@ def _wheel_entries(wheels: Iterable[Path], prefix: str) -> list[_Entry]:
 
 def _app_entries(scenario: Scenario, service: ServiceSpec, dest: str, version: int) -> list[_Entry]:
     """Return the service's app files (as an old build copied them), stamped with a build number."""
-    base = scenario.sources_dir / (service.context if service.context != "." else str(Path(service.dockerfile).parent))
-    out = [_Entry(f"{dest}/{p.relative_to(base)}", data=p.read_bytes())
-           for p in sorted(base.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+    base = scenario.sources_dir / (
+        service.context if service.context != "." else str(Path(service.dockerfile).parent)
+    )
+    out = [
+        _Entry(f"{dest}/{p.relative_to(base)}", data=p.read_bytes())
+        for p in sorted(base.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
     out.append(_Entry(f"{dest}/BUILD", data=f"{service.name} build {version}\n".encode()))
     return out
 
@@ -850,45 +966,141 @@ def _image_plan(scenario: Scenario, runtime: _Runtime, wheelhouse: Path) -> _Pla
     pip = next(w for w in wheels if w.name.startswith("pip-"))
     env = {"Env": _ENV, "Cmd": ["python3"]}
     slim, full = runtime.slim, runtime.full
-    fat_layers = [slim, full,
-                  _Layer("fat-toolchain", [_pad("/usr/lib/gcc/x86_64-linux-gnu/11/cc1plus", 31 * _MB),
-                                           _pad("/usr/lib/x86_64-linux-gnu/libLLVM-14.so.1", 44 * _MB)],
-                         "RUN apt-get update && apt-get install -y build-essential python3-dev llvm-14 (stand-in)"),
-                  _Layer("fat-packages", [_pad("/usr/share/doc/all-packages.tar", 7 * _MB),
-                                          _pad("/usr/lib/x86_64-linux-gnu/libicudata.so.70", 11 * _MB)],
-                         "RUN apt-get install -y curl git vim less locales tzdata (stand-in)"),
-                  _Layer("fat-apt-lists", [_pad(f"/var/lib/apt/lists/archive.ubuntu.com_ubuntu_dists_jammy_{c}_binary-amd64_Packages", 1_400_000)
-                                           for c in ("main", "universe", "restricted", "multiverse", "updates_main")],
-                         "apt lists left behind (no rm -rf /var/lib/apt/lists/*)")]
-    wheels_layer = _Layer("wheels", [_Entry(f"/wheels/common/{w.name}", host_file=str(w)) for w in common]
-                          + [_Entry(f"/wheels/db/{w.name}", host_file=str(w)) for w in db]
-                          + [_Entry("/pip/pip.whl", host_file=str(pip))], "COPY wheelhouse (pip download)")
+    fat_layers = [
+        slim,
+        full,
+        _Layer(
+            "fat-toolchain",
+            [
+                _pad("/usr/lib/gcc/x86_64-linux-gnu/11/cc1plus", 31 * _MB),
+                _pad("/usr/lib/x86_64-linux-gnu/libLLVM-14.so.1", 44 * _MB),
+            ],
+            "RUN apt-get update && apt-get install -y build-essential python3-dev llvm-14 (stand-in)",
+        ),
+        _Layer(
+            "fat-packages",
+            [
+                _pad("/usr/share/doc/all-packages.tar", 7 * _MB),
+                _pad("/usr/lib/x86_64-linux-gnu/libicudata.so.70", 11 * _MB),
+            ],
+            "RUN apt-get install -y curl git vim less locales tzdata (stand-in)",
+        ),
+        _Layer(
+            "fat-apt-lists",
+            [
+                _pad(
+                    f"/var/lib/apt/lists/archive.ubuntu.com_ubuntu_dists_jammy_{c}_binary-amd64_Packages",
+                    1_400_000,
+                )
+                for c in ("main", "universe", "restricted", "multiverse", "updates_main")
+            ],
+            "apt lists left behind (no rm -rf /var/lib/apt/lists/*)",
+        ),
+    ]
+    wheels_layer = _Layer(
+        "wheels",
+        [_Entry(f"/wheels/common/{w.name}", host_file=str(w)) for w in common]
+        + [_Entry(f"/wheels/db/{w.name}", host_file=str(w)) for w in db]
+        + [_Entry("/pip/pip.whl", host_file=str(pip))],
+        "COPY wheelhouse (pip download)",
+    )
     images = [
         _Image([slim], _BASES_CREATED, ["acgs-base/python:3.11-slim"], env),
         _Image([slim, full], _BASES_CREATED, ["acgs-base/python:3.11-full"], {"Env": _ENV, "Cmd": ["sh"]}),
         _Image(fat_layers, _BASES_CREATED, ["acgs-base/ubuntu-fat:22.04"], {"Env": _ENV, "Cmd": ["sh"]}),
-        _Image([wheels_layer], _BASES_CREATED, ["acgs-base/wheels:py311"], {"Env": _ENV, "Cmd": ["/pip/pip.whl"]}),
+        _Image(
+            [wheels_layer], _BASES_CREATED, ["acgs-base/wheels:py311"], {"Env": _ENV, "Cmd": ["/pip/pip.whl"]}
+        ),
     ]
     # --- third-party images: an "ubuntu:22.04" layer they share, then their own big layers.
     busybox = os.path.realpath(shutil.which("busybox") or "/bin/busybox")
-    ubuntu = _Layer("ubuntu-jammy", [_Entry("/etc", "dir"), _Entry("/etc/os-release", data=b'NAME="Ubuntu"\nVERSION_ID="22.04"\n'),
-                                     _Entry("/bin", "dir"), _Entry("/bin/busybox", host_file=busybox, mode=0o755),
-                                     _Entry("/bin/sh", "symlink", target="busybox"), _Entry("/tmp", "dir", mode=0o1777),
-                                     _pad("/usr/lib/x86_64-linux-gnu/libc-jammy.so", 3_900_000 - os.path.getsize(busybox))],
-                    "ADD ubuntu-jammy-rootfs.tar.gz /")
+    ubuntu = _Layer(
+        "ubuntu-jammy",
+        [
+            _Entry("/etc", "dir"),
+            _Entry("/etc/os-release", data=b'NAME="Ubuntu"\nVERSION_ID="22.04"\n'),
+            _Entry("/bin", "dir"),
+            _Entry("/bin/busybox", host_file=busybox, mode=0o755),
+            _Entry("/bin/sh", "symlink", target="busybox"),
+            _Entry("/tmp", "dir", mode=0o1777),
+            _pad("/usr/lib/x86_64-linux-gnu/libc-jammy.so", 3_900_000 - os.path.getsize(busybox)),
+        ],
+        "ADD ubuntu-jammy-rootfs.tar.gz /",
+    )
     sizes = {img.ref: s(img.size) for img in scenario.report.oversized}
     rocm_ref, server_ref, builder_ref, triton_ref = (img.ref for img in scenario.report.oversized[:4])
-    rocm = [ubuntu, _Layer("rocm-runtime", [_pad("/opt/rocm-6.2.0/lib/librocblas.so.4", 1_600 * _MB)], "RUN install ROCm 6.2 (stand-in)"),
-            _Layer("rocm-torch", [_pad("/opt/conda/lib/python3.10/site-packages/torch/lib/libtorch_hip.so", 1_500 * _MB)], "RUN pip install torch (stand-in)")]
-    rocm.append(_fill(rocm, sizes[rocm_ref], "rocm-extras", "/opt/conda/pkgs/cache.tar", "RUN conda install ... (stand-in)"))
-    triton = [ubuntu, _Layer("triton-server", [_pad("/opt/tritonserver/lib/libtritonserver.so", 550 * _MB)], "COPY tritonserver (stand-in)")]
-    triton.append(_fill(triton, sizes[triton_ref], "triton-backends", "/opt/tritonserver/backends/python/libtriton_python.so", "COPY backends (stand-in)"))
-    builder = [ubuntu, _Layer("router-cuda", [_pad("/usr/local/cuda-12.4/lib64/libcublasLt.so.12", 950 * _MB)], "RUN install CUDA toolkit (stand-in)")]
-    builder.append(_fill(builder, sizes[builder_ref], "router-build", "/src/target/release/deps/router.rlib", "RUN cargo build --release (stand-in)"))
-    server = builder + [_fill(builder, sizes[server_ref], "router-server", "/usr/local/bin/router-server", "COPY router-server (stand-in)")]
+    rocm = [
+        ubuntu,
+        _Layer(
+            "rocm-runtime",
+            [_pad("/opt/rocm-6.2.0/lib/librocblas.so.4", 1_600 * _MB)],
+            "RUN install ROCm 6.2 (stand-in)",
+        ),
+        _Layer(
+            "rocm-torch",
+            [_pad("/opt/conda/lib/python3.10/site-packages/torch/lib/libtorch_hip.so", 1_500 * _MB)],
+            "RUN pip install torch (stand-in)",
+        ),
+    ]
+    rocm.append(
+        _fill(
+            rocm,
+            sizes[rocm_ref],
+            "rocm-extras",
+            "/opt/conda/pkgs/cache.tar",
+            "RUN conda install ... (stand-in)",
+        )
+    )
+    triton = [
+        ubuntu,
+        _Layer(
+            "triton-server",
+            [_pad("/opt/tritonserver/lib/libtritonserver.so", 550 * _MB)],
+            "COPY tritonserver (stand-in)",
+        ),
+    ]
+    triton.append(
+        _fill(
+            triton,
+            sizes[triton_ref],
+            "triton-backends",
+            "/opt/tritonserver/backends/python/libtriton_python.so",
+            "COPY backends (stand-in)",
+        )
+    )
+    builder = [
+        ubuntu,
+        _Layer(
+            "router-cuda",
+            [_pad("/usr/local/cuda-12.4/lib64/libcublasLt.so.12", 950 * _MB)],
+            "RUN install CUDA toolkit (stand-in)",
+        ),
+    ]
+    builder.append(
+        _fill(
+            builder,
+            sizes[builder_ref],
+            "router-build",
+            "/src/target/release/deps/router.rlib",
+            "RUN cargo build --release (stand-in)",
+        )
+    )
+    server = builder + [
+        _fill(
+            builder,
+            sizes[server_ref],
+            "router-server",
+            "/usr/local/bin/router-server",
+            "COPY router-server (stand-in)",
+        )
+    ]
     run_cfg = {"Env": _ENV, "Cmd": ["sh"]}
-    bulk = [_Image(rocm, _PULLED[rocm_ref], [rocm_ref], run_cfg), _Image(triton, _PULLED[triton_ref], [triton_ref], run_cfg),
-            _Image(builder, _PULLED[builder_ref], [builder_ref], run_cfg), _Image(server, _PULLED[server_ref], [server_ref], run_cfg)]
+    bulk = [
+        _Image(rocm, _PULLED[rocm_ref], [rocm_ref], run_cfg),
+        _Image(triton, _PULLED[triton_ref], [triton_ref], run_cfg),
+        _Image(builder, _PULLED[builder_ref], [builder_ref], run_cfg),
+        _Image(server, _PULLED[server_ref], [server_ref], run_cfg),
+    ]
 
     # --- old builds that are (or become, when the seed rebuilds their tag) dangling images.
     buckets = scenario.report.dangling.breakdown
@@ -896,30 +1108,85 @@ def _image_plan(scenario: Scenario, runtime: _Runtime, wheelhouse: Path) -> _Pla
     last = _dt.date.fromisoformat(scenario.report.dangling.last)
     span = (last - first).days
     gs, alembic = scenario.service("gs"), scenario.service("alembic-runner")
-    old_gs = fat_layers + [_Layer("gs-old-wheels", _wheel_entries(common, "/usr/local/lib/python3.11/dist-packages"), "RUN pip install -r requirements.txt -r requirements-dev.txt"),
-                           _Layer("gs-old-app", _app_entries(scenario, gs, "/app", 41), "COPY . /app")]
-    old_gs.append(_fill(old_gs, s(buckets[0].size), "gs-old-jupyter", "/opt/jupyter/lab/bundle.js", "RUN pip install jupyterlab (stand-in)"))
-    old_alembic = fat_layers + [_Layer("alembic-old-wheels", _wheel_entries(db, "/usr/local/lib/python3.11/dist-packages"), "RUN pip install -r requirements.txt"),
-                                _Layer("alembic-old-app", _app_entries(scenario, alembic, "/app", 17), "COPY . /app")]
-    old_alembic.append(_fill(old_alembic, s(buckets[1].size), "alembic-old-jupyter", "/opt/jupyter/lab/bundle.js", "RUN pip install jupyterlab (stand-in)"))
+    old_gs = fat_layers + [
+        _Layer(
+            "gs-old-wheels",
+            _wheel_entries(common, "/usr/local/lib/python3.11/dist-packages"),
+            "RUN pip install -r requirements.txt -r requirements-dev.txt",
+        ),
+        _Layer("gs-old-app", _app_entries(scenario, gs, "/app", 41), "COPY . /app"),
+    ]
+    old_gs.append(
+        _fill(
+            old_gs,
+            s(buckets[0].size),
+            "gs-old-jupyter",
+            "/opt/jupyter/lab/bundle.js",
+            "RUN pip install jupyterlab (stand-in)",
+        )
+    )
+    old_alembic = fat_layers + [
+        _Layer(
+            "alembic-old-wheels",
+            _wheel_entries(db, "/usr/local/lib/python3.11/dist-packages"),
+            "RUN pip install -r requirements.txt",
+        ),
+        _Layer("alembic-old-app", _app_entries(scenario, alembic, "/app", 17), "COPY . /app"),
+    ]
+    old_alembic.append(
+        _fill(
+            old_alembic,
+            s(buckets[1].size),
+            "alembic-old-jupyter",
+            "/opt/jupyter/lab/bundle.js",
+            "RUN pip install jupyterlab (stand-in)",
+        )
+    )
     old_router_stage = [ubuntu]
-    old_router_stage.append(_fill(old_router_stage, s(buckets[2].size), "router-old-stage", "/src/target/release/build/router-build.tar", "RUN cargo build (build stage, left behind)"))
+    old_router_stage.append(
+        _fill(
+            old_router_stage,
+            s(buckets[2].size),
+            "router-old-stage",
+            "/src/target/release/build/router-build.tar",
+            "RUN cargo build (build stage, left behind)",
+        )
+    )
     bulk.append(_Image(old_router_stage, _date(first + _dt.timedelta(days=5), 1), [], run_cfg))
     images += [
-        _Image(old_gs, _date(last - _dt.timedelta(days=2), 2), [gs.image], {"Env": _ENV, "Cmd": ["python3", "/app/app/main.py"], "WorkingDir": "/app"}),
-        _Image(old_alembic, _date(last - _dt.timedelta(days=1), 3), [alembic.image], {"Env": _ENV, "Cmd": ["python3", "/app/run.py"], "WorkingDir": "/app"}),
+        _Image(
+            old_gs,
+            _date(last - _dt.timedelta(days=2), 2),
+            [gs.image],
+            {"Env": _ENV, "Cmd": ["python3", "/app/app/main.py"], "WorkingDir": "/app"},
+        ),
+        _Image(
+            old_alembic,
+            _date(last - _dt.timedelta(days=1), 3),
+            [alembic.image],
+            {"Env": _ENV, "Cmd": ["python3", "/app/run.py"], "WorkingDir": "/app"},
+        ),
     ]
     # The "228-232MB" bucket: old builds of the three small services (multi-stage, slim runtime).
     # Their deps layer is shared per service (same wheels), their app layer differs per build.
     small = buckets[-1].count
     shares = {"auth": small - 2 * (small // 3), "integrity": small // 3, "pgc": small // 3}
-    wheel_sets = {"auth": ("bottle", "itsdangerous"), "integrity": ("bottle",), "pgc": ("bottle", "packaging")}
+    wheel_sets = {
+        "auth": ("bottle", "itsdangerous"),
+        "integrity": ("bottle",),
+        "pgc": ("bottle", "packaging"),
+    }
     n = 0
     pgc_old_tag = ""
     for name, count in shares.items():
         svc = scenario.service(name)
-        deps = _Layer(f"{name}-old-deps", _wheel_entries([w for w in common if w.name.split("-")[0].lower() in wheel_sets[name]], "/app/deps"),
-                      "COPY --from=deps /deps /app/deps")
+        deps = _Layer(
+            f"{name}-old-deps",
+            _wheel_entries(
+                [w for w in common if w.name.split("-")[0].lower() in wheel_sets[name]], "/app/deps"
+            ),
+            "COPY --from=deps /deps /app/deps",
+        )
         for k in range(count):
             n += 1
             day = first + _dt.timedelta(days=(n * span) // small)
@@ -928,10 +1195,20 @@ def _image_plan(scenario: Scenario, runtime: _Runtime, wheelhouse: Path) -> _Pla
             app = _Layer(f"{name}-old-app-{k}", _app_entries(scenario, svc, "/app", k + 1), "COPY . /app")
             layers.append(app)
             if sum(layer.content_size for layer in layers) < target:
-                layers[-1] = _fill([slim, deps], target, f"{name}-old-app-{k}", "/app/static/bundle.js", "COPY . /app",
-                                   extra=app.entries)
+                layers[-1] = _fill(
+                    [slim, deps],
+                    target,
+                    f"{name}-old-app-{k}",
+                    "/app/static/bundle.js",
+                    "COPY . /app",
+                    extra=app.entries,
+                )
             tag = [svc.image] if k == count - 1 else []
-            cfg = {"Env": [*_ENV, "PYTHONPATH=/app/deps"], "Cmd": ["python3", "/app/app/main.py"], "WorkingDir": "/app"}
+            cfg = {
+                "Env": [*_ENV, "PYTHONPATH=/app/deps"],
+                "Cmd": ["python3", "/app/app/main.py"],
+                "WorkingDir": "/app",
+            }
             images.append(_Image(layers, _date(day, n), tag, cfg))
             if name == "pgc" and k == count - 1:
                 pgc_old_tag = svc.image
@@ -953,8 +1230,15 @@ def _build(client: Any, context: Path, dockerfile: str, tag: str, log: Log) -> s
     """Build ``tag`` with the classic builder, network none; return the image ID or raise with the error."""
     t0 = time.monotonic()
     image_id, error = "", ""
-    for chunk in client.api.build(path=str(context), dockerfile=dockerfile, tag=tag, network_mode="none",
-                                  rm=True, forcerm=True, decode=True):
+    for chunk in client.api.build(
+        path=str(context),
+        dockerfile=dockerfile,
+        tag=tag,
+        network_mode="none",
+        rm=True,
+        forcerm=True,
+        decode=True,
+    ):
         if "error" in chunk:
             error = chunk["error"].strip()
         elif "aux" in chunk and "ID" in chunk["aux"]:
@@ -966,21 +1250,38 @@ def _build(client: Any, context: Path, dockerfile: str, tag: str, log: Log) -> s
 
 
 def _compose_labels(scenario: Scenario, service: str) -> dict[str, str]:
-    return {"com.docker.compose.project": "acgs-1", "com.docker.compose.service": service,
-            "com.docker.compose.container-number": "1", "com.docker.compose.oneoff": "False",
-            SCENARIO_LABEL: scenario.name}
+    return {
+        "com.docker.compose.project": "acgs-1",
+        "com.docker.compose.service": service,
+        "com.docker.compose.container-number": "1",
+        "com.docker.compose.oneoff": "False",
+        SCENARIO_LABEL: scenario.name,
+    }
 
 
-def _service_container(client: Any, scenario: Scenario, svc: ServiceSpec, name: str | None = None,
-                       image: str | None = None, **extra: Any) -> Any:
+def _service_container(
+    client: Any,
+    scenario: Scenario,
+    svc: ServiceSpec,
+    name: str | None = None,
+    image: str | None = None,
+    **extra: Any,
+) -> Any:
     """Create (not start) the container of ``svc`` as its compose file would run it."""
     return client.containers.create(
         image or svc.image,
         name=name or f"acgs-1-{svc.compose_service}-1",
-        environment={"ACGS_BIND": "auto", "ACGS_PORT": str(svc.port), "DATABASE_URL": "sqlite:////var/lib/acgs/acgs.db"},
-        network_mode="host", uts_mode="host", init=True,
+        environment={
+            "ACGS_BIND": "auto",
+            "ACGS_PORT": str(svc.port),
+            "DATABASE_URL": "sqlite:////var/lib/acgs/acgs.db",
+        },
+        network_mode="host",
+        uts_mode="host",
+        init=True,
         restart_policy={"Name": "unless-stopped"},
-        labels=_compose_labels(scenario, svc.compose_service), **extra,
+        labels=_compose_labels(scenario, svc.compose_service),
+        **extra,
     )
 
 
@@ -1031,9 +1332,10 @@ def seed_engine(docker_host: str, scenario: Scenario, work: Path, log: Log) -> N
     prepare_sources(scenario, sources)
     for svc in scenario.services:
         if svc.missing_file:
-            src = scenario.history_dir / (Path(svc.missing_file).name if svc.name == "alembic-runner"
-                                          else f"{Path(svc.context if svc.context != '.' else Path(svc.dockerfile).parent).name}.{Path(svc.missing_file).name}")
-            shutil.copyfile(src, sources / svc.missing_file)
+            # history/<parent dir>.<file name>, or history/<file name> for a file at the root.
+            missing = Path(svc.missing_file)
+            name = f"{missing.parent.name}.{missing.name}" if missing.parent.name else missing.name
+            shutil.copyfile(scenario.history_dir / name, sources / missing)
     old_pgc.stop(timeout=5)
 
     t1 = time.monotonic()
@@ -1058,11 +1360,22 @@ def seed_engine(docker_host: str, scenario: Scenario, work: Path, log: Log) -> N
     # The compose stack as it runs on the report's host: the database with its named volume, the
     # deployed services (gs is not deployed there; the alembic runner ran with --rm).
     db = scenario.database
-    client.volumes.create(db.volume, labels={"com.docker.compose.project": "acgs-1",
-                                             "com.docker.compose.volume": db.volume, SCENARIO_LABEL: scenario.name})
+    client.volumes.create(
+        db.volume,
+        labels={
+            "com.docker.compose.project": "acgs-1",
+            "com.docker.compose.volume": db.volume,
+            SCENARIO_LABEL: scenario.name,
+        },
+    )
     client.containers.create(
-        db.image, name=db.container, environment={"ACGS_BIND": "auto", "ACGS_PORT": str(db.port)},
-        network_mode="host", uts_mode="host", init=True, restart_policy={"Name": "unless-stopped"},
+        db.image,
+        name=db.container,
+        environment={"ACGS_BIND": "auto", "ACGS_PORT": str(db.port)},
+        network_mode="host",
+        uts_mode="host",
+        init=True,
+        restart_policy={"Name": "unless-stopped"},
         volumes={db.volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
         labels=_compose_labels(scenario, "postgres"),
     ).start()
@@ -1071,22 +1384,31 @@ def seed_engine(docker_host: str, scenario: Scenario, work: Path, log: Log) -> N
             _service_container(client, scenario, svc).start()
     integrity = scenario.service("integrity")
     backfill = client.containers.create(
-        integrity.image, ["python3", "-c", "print('integrity backfill: 0 records to fix')"],
-        name="acgs-1-integrity-backfill", network_mode="none", init=True,
+        integrity.image,
+        ["python3", "-c", "print('integrity backfill: 0 records to fix')"],
+        name="acgs-1-integrity-backfill",
+        network_mode="none",
+        init=True,
         labels={**_compose_labels(scenario, integrity.compose_service), "com.docker.compose.oneoff": "True"},
     )
     backfill.start()
     backfill.wait(timeout=60)
 
     host = client.info()["Name"]
-    urls = [f"http://{bind_for_hostname(host)}:{svc.port}/health" for svc in scenario.services if svc.deployed is True]
+    urls = [
+        f"http://{bind_for_hostname(host)}:{svc.port}/health"
+        for svc in scenario.services
+        if svc.deployed is True
+    ]
     failed = _wait_health(urls)
     if failed:
         raise RuntimeError(f"services did not answer their health check after seeding: {', '.join(failed)}")
     df = client.df()
     naive = sum(img["Size"] for img in df["Images"])
-    log(f"golden engine seeded in {time.monotonic() - t0:.1f} s: {len(df['Images'])} images, "
-        f"layers {df['LayersSize'] / 1e9:.2f} GB real vs {naive / 1e9:.2f} GB summed")
+    log(
+        f"golden engine seeded in {time.monotonic() - t0:.1f} s: {len(df['Images'])} images, "
+        f"layers {df['LayersSize'] / 1e9:.2f} GB real vs {naive / 1e9:.2f} GB summed"
+    )
 
 
 def _remove_image(client: Any, ref: str, log: Log) -> None:
@@ -1124,8 +1446,14 @@ def apply_variant(docker_host: str, scenario: Scenario, index: int, count: int, 
         if svc is not None and svc.port is not None:
             container = _service_container(client, scenario, svc, name=extra.name)
         else:
-            container = client.containers.create(extra.image, ["sh", "-c", "echo notebook stopped"], name=extra.name,
-                                                 network_mode="none", init=True, labels={SCENARIO_LABEL: scenario.name})
+            container = client.containers.create(
+                extra.image,
+                ["sh", "-c", "echo notebook stopped"],
+                name=extra.name,
+                network_mode="none",
+                init=True,
+                labels={SCENARIO_LABEL: scenario.name},
+            )
         container.start()
         if not extra.running:
             container.wait(timeout=60)
