@@ -40,6 +40,8 @@ T = TypeVar("T")
 # (/system/df walks every layer; it is reported to take minutes on big hosts).
 _TIMEOUT_PER_IMAGE = 0.05
 _RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+# Requests in flight per host (the docker SDK pools 10 connections per client).
+_PER_HOST_REQUESTS = 4
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # BuildKit history entries for instructions that only change the image config (never a layer).
@@ -72,8 +74,11 @@ def _history_kind(entry: dict[str, Any]) -> str:
     if size > 0:
         return "layer"
     if "#(nop)" in created_by:
-        # Classic builder: metadata steps are "#(nop)"; COPY/ADD of an empty dir still make a layer.
-        return "layer" if _NOP_LAYER_RE.search(created_by) else "meta"
+        # Classic builder: metadata steps are "#(nop)"; COPY/ADD of an empty dir still make a layer, and
+        # WORKDIR makes one only when it had to create the directory.
+        if _NOP_LAYER_RE.search(created_by):
+            return "layer"
+        return "unknown" if re.search(r"#\(nop\)\s+WORKDIR\b", created_by) else "meta"
     first = created_by.split(None, 1)[0].upper() if created_by else ""
     if first in _META_INSTRUCTIONS:
         return "meta"  # BuildKit metadata step
@@ -274,18 +279,25 @@ def _collect(api: Any, host: Host, base_timeout: float) -> HostSnapshot:
     listed = api.images()
     # Calls that walk every layer get more time on hosts with many images.
     api.timeout = base_timeout + _TIMEOUT_PER_IMAGE * len(listed)
-    df = _retry(api.df)
 
-    df_images = {i["Id"]: i for i in (df.get("Images") or [])}
-    raw_images: list[tuple[dict[str, Any], list[str]]] = []
-    for item in listed:
+    def inspect_layers(item: dict[str, Any]) -> tuple[dict[str, Any], list[str]] | None:
         try:
             inspect = api.inspect_image(item["Id"])
         except Exception as exc:
             if _not_found(exc):
-                continue  # removed between list and inspect
+                return None  # removed between list and inspect
             raise
-        raw_images.append((item, chain_ids((inspect.get("RootFS") or {}).get("Layers") or [])))
+        return item, chain_ids((inspect.get("RootFS") or {}).get("Layers") or [])
+
+    # A few requests in flight overlap the engine's work with ours (one inspect per image dominates).
+    with ThreadPoolExecutor(max_workers=_PER_HOST_REQUESTS) as pool:
+        df_future = pool.submit(_retry, api.df)
+        containers_future = pool.submit(_containers, api)
+        inspected = list(pool.map(inspect_layers, listed))
+        df = df_future.result()
+        containers = containers_future.result()
+    raw_images = [pair for pair in inspected if pair is not None]
+    df_images = {i["Id"]: i for i in (df.get("Images") or [])}
 
     layer_sizes, approximate = _layer_sizes(api, raw_images, derive=engine.image_store == "graphdriver")
 
@@ -306,7 +318,6 @@ def _collect(api: Any, host: Host, base_timeout: float) -> HostSnapshot:
             )
         )
 
-    containers = _containers(api)
     volumes = [
         VolumeFact(
             name=v["Name"],

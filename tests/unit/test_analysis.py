@@ -176,3 +176,52 @@ def test_reclaimable_bytes_is_the_set_difference_of_layers(case: tuple[HostSnaps
     alone = analysis.freed_alone(snapshot)
     for img in snapshot.images:
         assert alone[img.id] == analysis.reclaimable_bytes(snapshot, [img.id])
+
+
+# --- facts: per-layer sizes from image history (pure part of the facts layer) ---------------------------
+
+
+def _hist(*entries: tuple[int, str, str]) -> list[dict]:
+    # Given oldest first, returned newest first as /images/{id}/history does.
+    return [{"Size": s, "CreatedBy": c, "Id": i} for s, c, i in reversed(entries)]
+
+
+def test_history_buildkit_keeps_empty_run_layers_and_drops_metadata() -> None:
+    from acgs_remediate.facts import layer_sizes_from_history
+
+    history = _hist(
+        (1982256, "/bin/sh -c #(nop) COPY file:73e2 in /bin/busybox", "<missing>"),
+        (3216, "/bin/busybox --install -s /bin", "<missing>"),
+        (0, "/bin/sh -c #(nop)  ENV A=1", "<missing>"),
+        (0, "RUN /bin/sh -c mkdir /empty # buildkit", "<missing>"),
+        (114, "COPY Dockerfile /d # buildkit", "<missing>"),
+        (0, "ENV Q=2", "<missing>"),
+        (0, "RUN /bin/sh -c true # buildkit", "sha256:ac18"),
+    )
+    assert layer_sizes_from_history(history, 5) == ([1982256, 3216, 0, 114, 0], True)
+
+
+def test_history_classic_workdir_settled_by_intermediate_images() -> None:
+    from acgs_remediate.facts import layer_sizes_from_history
+
+    history = _hist(
+        (11610189, "COPY python3.11 (imported base)", "<missing>"),
+        (1815170, "/bin/sh -c #(nop) COPY dir:e36b in /usr/lib", "sha256:0f72"),
+        (0, "/bin/sh -c #(nop) WORKDIR /app", "sha256:7669"),
+        (1001985, "/bin/sh -c #(nop) COPY dir:ca1a in /app", "sha256:45dd"),
+        (0, "/bin/sh -c true", "sha256:aaaa"),
+        (0, '/bin/sh -c #(nop)  CMD ["python3"]', "sha256:6884"),
+    )
+    counts = {"sha256:0f72": 2, "sha256:7669": 3, "sha256:45dd": 4, "sha256:aaaa": 4, "sha256:6884": 4}
+    # Without the engine's intermediate images the WORKDIR/RUN ambiguity is reported, not hidden.
+    assert layer_sizes_from_history(history, 4)[1] is False
+    assert layer_sizes_from_history(history, 4, counts.get) == ([11610189, 1815170, 0, 1001985], True)
+
+
+def test_chain_ids_follow_the_layer_store_definition() -> None:
+    import hashlib
+
+    from acgs_remediate.facts import chain_ids
+
+    d0, d1 = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    assert chain_ids([d0, d1]) == [d0, "sha256:" + hashlib.sha256(f"{d0} {d1}".encode()).hexdigest()]
