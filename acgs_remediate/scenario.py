@@ -1457,3 +1457,8 @@ def apply_variant(docker_host: str, scenario: Scenario, index: int, count: int, 
         container.start()
         if not extra.running:
             container.wait(timeout=60)
+        elif svc is not None and svc.port is not None:
+            # The host is ready when its services answer, like the golden engine's after seeding.
+            url = f"http://{bind_for_hostname(client.info()['Name'])}:{svc.port}/health"
+            if _wait_health([url]):
+                raise RuntimeError(f"{extra.name} on host {index} did not answer {url}")
