@@ -471,11 +471,14 @@ def _ensure_running(sock: Path, ids: Iterable[str]) -> None:
 
 
 @contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (blocks): two concurrent `up`s never build the same thing twice."""
+def _flock(path: Path, shared: bool = False) -> Iterator[None]:
+    """Hold a lock on ``path`` (blocks): two concurrent `up`s never build the same thing twice.
+
+    Shared holders (copying from a golden engine) keep it from being pruned meanwhile.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -822,7 +825,13 @@ class Sandbox:
         if state.get("scenario"):
             scen_mod = _load_scenario_module()
             scen = scen_mod.load_scenario(state["scenario"])
-            golden = self._golden(scen_mod, scen, log)
+            # The very golden engine this sandbox was made from, while it is cached: reseeded hosts
+            # equal freshly upped ones even when the scenario's files changed since.
+            golden = self._golden_recorded(state["scenario"], state.get("content_hash") or "")
+            if golden is None:
+                golden = self._golden(scen_mod, scen, log)
+                state["content_hash"] = scen.content_hash()
+                self._save_state(state)
         count = len(names)
 
         def one(index: int) -> int:
@@ -840,8 +849,13 @@ class Sandbox:
                     scen_mod.apply_variant(engine.docker_host, scen, index, count, log)
             return pid
 
-        with ThreadPoolExecutor(max_workers=min(4, len(indexes)) or 1) as pool:
-            pids = list(pool.map(one, indexes))
+        with contextlib.ExitStack() as stack:
+            if golden is not None:
+                stack.enter_context(
+                    _flock(golden[0].base.with_name(f"{golden[0].base.name}.lock"), shared=True)
+                )
+            with ThreadPoolExecutor(max_workers=min(4, len(indexes)) or 1) as pool:
+                pids = list(pool.map(one, indexes))
         state = self._state()
         for index, pid in zip(indexes, pids, strict=True):
             state["hosts"][index]["pid"] = pid
@@ -884,12 +898,24 @@ class Sandbox:
         self._release_slot()
         log(f"sandbox in {self.directory} removed")
 
+    @staticmethod
+    def _golden_engine(name: str, content_hash: str) -> tuple[_Engine, str]:
+        key = f"{name}-{content_hash[:12]}"
+        return _Engine(_golden_cache() / key, f"golden-{name}"[:63], f"acgs-golden-{key}"), key
+
+    def _golden_recorded(self, name: str, content_hash: str) -> tuple[_Engine, list[str]] | None:
+        """Return the cached golden engine of this scenario version, or None when it is not cached."""
+        engine, _key = self._golden_engine(name, content_hash)
+        with contextlib.suppress(OSError, ValueError):
+            meta = json.loads((engine.base / "golden.json").read_text())
+            return engine, list(meta.get("running", []))
+        return None
+
     def _golden(self, scen_mod: Any, scen: Any, log: Log) -> tuple[_Engine, list[str]]:
         """Return the golden engine (seeded, stopped, cached) and the containers that ran in it."""
-        key = f"{scen.name}-{scen.content_hash()[:12]}"
+        engine, key = self._golden_engine(scen.name, scen.content_hash())
         cache = _golden_cache()
-        base = cache / key
-        engine = _Engine(base, f"golden-{scen.name}"[:63], f"acgs-golden-{key}")
+        base = engine.base
         meta_path = base / "golden.json"
         with _flock(cache / f"{key}.lock"):
             if meta_path.is_file():
@@ -982,7 +1008,8 @@ class Sandbox:
             golden = self._golden(scen_mod, scen, log)
             t1 = time.monotonic()
             log(f"copying the golden data-root to {hosts} hosts")
-            with ThreadPoolExecutor(max_workers=min(4, hosts)) as pool:
+            lock = golden[0].base.with_name(f"{golden[0].base.name}.lock")
+            with _flock(lock, shared=True), ThreadPoolExecutor(max_workers=min(4, hosts)) as pool:
                 list(pool.map(lambda e: _clone_data_root(golden[0], e), engines))
             log(f"copies done in {time.monotonic() - t1:.1f} s")
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from acgs_remediate.sandbox import Sandbox, _golden_cache
+from acgs_remediate.sandbox import GOLDEN_CACHE_ENV, Sandbox, _golden_cache
 
 RESULTS = Path(__file__).parent / "results" / "bench_sandbox.md"
 
@@ -40,6 +40,10 @@ def _clear_golden(scenario: str) -> None:
 def main() -> None:
     """Measure and print the sandbox timings; write them to bench/results/bench_sandbox.md."""
     scenario = os.environ.get("ACGS_BENCH_SCENARIO", "acgs-1")
+    # Cold runs delete the golden engine: use a cache of our own so no one else's sandbox loses its copy.
+    own_cache = GOLDEN_CACHE_ENV not in os.environ
+    if own_cache:
+        os.environ[GOLDEN_CACHE_ENV] = "/var/cache/acgs-remediate/bench-golden"
     sb = Sandbox(os.environ.get("ACGS_BENCH_DIR", "/var/lib/acgs-bn"))
     rows: list[tuple[str, float, str]] = []
     sb.down()
@@ -59,6 +63,8 @@ def main() -> None:
         _timed(f"up 20 hosts, {scenario}, cold golden cache", rows, 300, lambda: sb.up(20, scenario))
     finally:
         sb.down()
+        if own_cache:
+            shutil.rmtree(_golden_cache(), ignore_errors=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Sandbox fleet timings",

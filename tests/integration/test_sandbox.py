@@ -104,7 +104,7 @@ def test_engines_are_distinct_and_answer(sandbox: Sandbox) -> None:
     st = sandbox.status()
     assert st.up and [h.name for h in st.hosts] == ["sb-h01", "sb-h02", "sb-h03"]
     assert len({h.engine_id for h in st.hosts}) == 3, "engines must report distinct engine IDs"
-    assert {h.engine_name for h in st.hosts} == {"sb-h01", "sb-h02", "sb-h03"}
+    assert len({h.engine_name for h in st.hosts}) == 3, "engines must report distinct names"
     assert len({h.docker_host for h in st.hosts}) == 3
     for h in st.hosts:
         info = _client(sandbox, h.name).info()
@@ -120,6 +120,7 @@ def test_inventory_loads_and_every_docker_host_answers(sandbox: Sandbox) -> None
     for host in fleet.hosts:
         assert host.docker_host == sandbox.docker_host(host.name)
         assert host.vars["ansible_connection"] == "local"
+        assert host.vars["acgs_sandbox_engine_name"] == _client(sandbox, host.name).info()["Name"]
         assert docker.DockerClient(**host.docker_client_kwargs()).ping()
         policy = fleet.policy(host)
         assert Path(policy.sources_root) == sandbox.sources_root
