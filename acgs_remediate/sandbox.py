@@ -642,7 +642,9 @@ class Sandbox:
             for k in range(MAX_SLOTS + 1):
                 path = SLOTS_DIR / str(k)
                 holder = path.read_text().strip() if path.is_file() else ""
-                if holder and holder != str(self.directory) and _slot_alive(Path(holder), k):
+                # A just-claimed slot counts as held even before its sandbox.json records it.
+                fresh = holder and time.time() - path.stat().st_mtime < 300
+                if holder and holder != str(self.directory) and (fresh or _slot_alive(Path(holder), k)):
                     continue
                 _write_atomic(path, f"{self.directory}\n")
                 return k
@@ -773,7 +775,7 @@ class Sandbox:
                     )
                     return current
                 why = (
-                    "a different size or scenario was asked for"
+                    "another size or scenario was asked for, or the scenario changed"
                     if current.up
                     else "it is not healthy (an engine is down or a previous run crashed)"
                 )
