@@ -464,7 +464,7 @@ def _check_instructions(
             if source_present(ctx, expanded):
                 continue
             rel = _clean(expanded.lstrip("/"))
-            shown = f"{instruction} {posixpath.join(context_label, rel)}"
+            shown = f"{instruction} {posixpath.normpath(posixpath.join(context_label, rel))}"
             why = "No file matches" if _has_glob(rel) else "File not found"
             if not _has_glob(rel) and ctx.excluded(rel):
                 findings.append(
