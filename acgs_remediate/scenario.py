@@ -1308,6 +1308,13 @@ def seed_engine(docker_host: str, scenario: Scenario, work: Path, log: Log) -> N
     """Build the whole scenario into the empty engine at ``docker_host`` (the golden engine)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from .errors import EnvironmentProblem
+
+    for tool, package in (("busybox", "busybox-static"), ("ldd", "libc-bin")):
+        if shutil.which(tool) is None:
+            raise EnvironmentProblem(
+                f"{tool} is missing: the scenario's base images need it", hint=f"apt-get install {package}"
+            )
     t0 = time.monotonic()
     cache = DEFAULT_CACHE
     client = _client(docker_host)
