@@ -862,6 +862,22 @@ def _python_runtime(cache: Path, wheelhouse: Path, log: Log) -> _Runtime:
     full += [_Entry(p, host_file=p, mode=0o755) for p in exts]
     busybox = shutil.which("busybox") or "/bin/busybox"
     full.append(_Entry("/usr/bin/busybox", host_file=os.path.realpath(busybox), mode=0o755))
+    # pip as Debian ships it (python3-pip-whl: the wheel itself, run from the zip) and a `pip`
+    # command, so Dockerfiles say `pip install` like everywhere else (and linters see it).
+    pip_wheel = next(iter(sorted(wheelhouse.glob("pip-*.whl"))), None)
+    if pip_wheel is not None:
+        full += [
+            _Entry("/usr/share/python-wheels", "dir"),
+            _Entry("/usr/share/python-wheels/pip.whl", host_file=str(pip_wheel)),
+            _Entry("/usr/local", "dir"),
+            _Entry("/usr/local/bin", "dir"),
+            _Entry(
+                "/usr/local/bin/pip",
+                data=b'#!/bin/sh\nexec python3 /usr/share/python-wheels/pip.whl/pip "$@"\n',
+                mode=0o755,
+            ),
+            _Entry("/usr/local/bin/pip3", "symlink", target="pip"),
+        ]
     applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=False).stdout.split()
     taken = {e.path for e in slim}
     full += [
