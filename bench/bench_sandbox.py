@@ -18,13 +18,27 @@ from acgs_remediate.sandbox import GOLDEN_CACHE_ENV, Sandbox, _golden_cache
 RESULTS = Path(__file__).parent / "results" / "bench_sandbox.md"
 
 
+def _content_hash(scenario: str) -> str:
+    from acgs_remediate.scenario import load_scenario
+
+    return load_scenario(scenario).content_hash()
+
+
 def _timed(
-    label: str, rows: list[tuple[str, float, str]], target: float | None, fn: Callable[[], object]
+    label: str,
+    rows: list[tuple[str, float, str]],
+    target: float | None,
+    fn: Callable[[], object],
+    scenario: str | None = None,
 ) -> None:
+    before = _content_hash(scenario) if scenario else ""
     t0 = time.monotonic()
     fn()
     seconds = time.monotonic() - t0
     verdict = "" if target is None else ("ok" if seconds < target else f"OVER {target:.0f} s")
+    if scenario and _content_hash(scenario) != before:
+        # Someone edited the scenario meanwhile: this step seeded a new golden engine (a cold number).
+        verdict += " (scenario changed during the step: not comparable)"
     rows.append((label, seconds, verdict))
     print(f"{label:<48} {seconds:7.1f} s  {verdict}", flush=True)
 
@@ -51,16 +65,20 @@ def main() -> None:
         _timed("up 20 hosts, empty (--scenario none)", rows, 60, lambda: sb.up(20, None))
         _timed("down 20 hosts", rows, None, sb.down)
         _clear_golden(scenario)
-        _timed(f"up 3 hosts, {scenario}, cold golden cache", rows, 120, lambda: sb.up(3, scenario))
+        _timed(f"up 3 hosts, {scenario}, cold golden cache", rows, 120, lambda: sb.up(3, scenario), scenario)
         _timed("down 3 hosts", rows, None, sb.down)
-        _timed(f"up 3 hosts, {scenario}, warm golden cache", rows, 120, lambda: sb.up(3, scenario))
-        _timed("reseed 1 host", rows, 10, lambda: sb.reseed(["sb-h02"]))
+        _timed(f"up 3 hosts, {scenario}, warm golden cache", rows, 120, lambda: sb.up(3, scenario), scenario)
+        _timed("reseed 1 host", rows, 10, lambda: sb.reseed(["sb-h02"]), scenario)
         sb.down()
-        _timed(f"up 20 hosts, {scenario}, warm golden cache", rows, 300, lambda: sb.up(20, scenario))
-        _timed("reseed 20 hosts", rows, None, lambda: sb.reseed())
+        _timed(
+            f"up 20 hosts, {scenario}, warm golden cache", rows, 300, lambda: sb.up(20, scenario), scenario
+        )
+        _timed("reseed 20 hosts", rows, None, lambda: sb.reseed(), scenario)
         _timed("down 20 hosts, seeded", rows, None, sb.down)
         _clear_golden(scenario)
-        _timed(f"up 20 hosts, {scenario}, cold golden cache", rows, 300, lambda: sb.up(20, scenario))
+        _timed(
+            f"up 20 hosts, {scenario}, cold golden cache", rows, 300, lambda: sb.up(20, scenario), scenario
+        )
     finally:
         sb.down()
         if own_cache:
