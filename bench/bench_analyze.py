@@ -9,6 +9,7 @@ Writes bench/results/analyze.md.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -100,12 +101,36 @@ def bench_fleet(hosts: int, scenario: str, directory: Path, repeat: int) -> dict
         for i in range(repeat):
             theirs.append(_parallel_df(docker_hosts))
             ours.append(_analyze_cli(sb.inventory_path, hosts, Path(tmp) / f"s{i}.db"))
-    images = 0
     from acgs_remediate.inventory import load_fleet
 
-    fleet = load_fleet(sb.inventory_path, names[0])
-    images = len(facts.collect(fleet.hosts[0]).images)
+    # Where the CLI's time goes: start-up + inventory (ansible's loader), facts, pure analysis.
+    t0 = time.monotonic()
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, acgs_remediate.cli; from acgs_remediate.inventory import load_fleet; "
+            "load_fleet(sys.argv[1])",
+            str(sb.inventory_path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    startup = time.monotonic() - t0
+    fleet = load_fleet(sb.inventory_path)
+    t0 = time.monotonic()
+    snapshots, _ = facts.collect_many(fleet.hosts, forks=hosts)
+    collect = time.monotonic() - t0
+    t0 = time.monotonic()
+    for h in fleet.hosts:
+        analysis.analyze(snapshots[h.name], fleet.policy(h))
+    pure = time.monotonic() - t0
+    images = len(snapshots[names[0]].images)
     return {
+        "startup": startup,
+        "collect": collect,
+        "pure": pure,
         "hosts": hosts,
         "scenario": scenario,
         "up_seconds": up_seconds,
@@ -176,12 +201,13 @@ def write_archive(path: Path, count: int) -> None:
         add("manifest.json", json.dumps(manifest).encode())
 
 
-class _TimedAPI:
-    """Proxy over the docker APIClient that adds up the time spent in Engine API calls."""
+class _RecordingAPI:
+    """Proxy over the docker APIClient that keeps every answer, keyed by call (for a replay without the "
+    "engine)."""
 
     def __init__(self, api: Any) -> None:
         self._api = api
-        self.seconds = 0.0
+        self.answers: dict[tuple[str, str], Any] = {}
         self.calls = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -189,21 +215,34 @@ class _TimedAPI:
         if not callable(attr):
             return attr
 
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return attr(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - t0
-                self.calls += 1
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            self.answers[(name, repr((args, sorted(kwargs.items()))))] = result
+            self.calls += 1
+            return result
 
-        return timed
+        return recorded
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("_api", "seconds", "calls"):
+        if name in ("_api", "answers", "calls"):
             object.__setattr__(self, name, value)
         else:
             setattr(self._api, name, value)
+
+
+class _ReplayAPI:
+    """Answers every call from a recording at once: what is left is our own processing time."""
+
+    timeout = 0.0
+
+    def __init__(self, answers: dict[tuple[str, str], Any]) -> None:
+        self._answers = answers
+
+    def __getattr__(self, name: str) -> Any:
+        def replay(*args: Any, **kwargs: Any) -> Any:
+            return copy.deepcopy(self._answers[(name, repr((args, sorted(kwargs.items()))))])
+
+        return replay
 
 
 def bench_many_images(directory: Path, count: int) -> dict[str, Any]:
@@ -227,15 +266,20 @@ def bench_many_images(directory: Path, count: int) -> dict[str, Any]:
                         pass
                 load_seconds = time.monotonic() - t0
         host = Host(name="bench-2k", docker_host=docker_host, timeout=300)
-        api = _TimedAPI(client.api)
+        recorder = _RecordingAPI(client.api)
         t0 = time.perf_counter()
-        snapshot = facts._collect(api, host, 300.0)
+        facts._collect(recorder, host, 300.0)
         collect_seconds = time.perf_counter() - t0
+        # Replay the engine's answers instantly: the time left is ours alone (facts processing, analysis,
+        # report). The deep copies the replay makes are counted against us, so this is an upper bound.
+        replay = _ReplayAPI(recorder.answers)
+        t0 = time.perf_counter()
+        snapshot = facts._collect(replay, host, 300.0)
+        t1 = time.perf_counter()
         policy = Policy(
             size_cap="50kB",
             oversized_images=[{"ref": f"bench/img-{i:05d}:latest"} for i in range(0, count, 100)],
         )
-        t1 = time.perf_counter()
         result = analysis.analyze(snapshot, policy)
         baseline = analysis.baseline_from(snapshot)
         t2 = time.perf_counter()
@@ -264,12 +308,11 @@ def bench_many_images(directory: Path, count: int) -> dict[str, Any]:
         "layers": len(snapshot.layer_sizes),
         "load_seconds": load_seconds,
         "collect_seconds": collect_seconds,
-        "api_seconds": api.seconds,
-        "api_calls": api.calls,
-        "facts_overhead": collect_seconds - api.seconds,
+        "api_calls": recorder.calls,
+        "facts_overhead": t1 - t0,
         "analyze_seconds": t2 - t1,
         "report_seconds": t3 - t2,
-        "beyond_api": (collect_seconds - api.seconds) + (t2 - t1) + (t3 - t2),
+        "beyond_api": t3 - t0,
         "exact": exact,
         "sandbox": sb,
     }
@@ -318,6 +361,15 @@ def main() -> None:
             "",
             f"{fleet['images_per_host']} images per host; sandbox up took {fleet['up_seconds']:.0f} s.",
             "",
+            "Where analyze's time goes (measured separately, same fleet):",
+            "",
+            f"- Python start-up + CLI import + inventory through ansible's loader: {fleet['startup']:.2f} s",
+            f"- facts from all {hosts} engines in-process (`collect_many`, forks {hosts}): "
+            f"{fleet['collect']:.2f} s",
+            f"- pure analysis of all {hosts} snapshots: {fleet['pure']:.2f} s",
+            f"- load average when measured: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared "
+            "machine)",
+            "",
         ]
     except Exception as exc:
         print(f"(a) failed: {exc}", file=sys.stderr)
@@ -332,7 +384,7 @@ def main() -> None:
         verdict = "ok" if many["beyond_api"] <= 1 else "OVER the 1 s target"
         print(
             f"(b) {many['images']} images: beyond the API {many['beyond_api']:.2f} s ({verdict}); "
-            f"API {many['api_seconds']:.2f} s in {many['api_calls']} calls",
+            f"live collect {many['collect_seconds']:.2f} s in {many['api_calls']} calls",
             flush=True,
         )
         lines += [
@@ -340,14 +392,16 @@ def main() -> None:
             "",
             "| part | seconds |",
             "|---|---:|",
-            f"| Engine API calls ({many['api_calls']}: list, df, inspect per image, history where a layer "
-            "size is "
-            f"unknown) | {many['api_seconds']:.2f} |",
-            "| facts processing beyond the API (chain IDs, layer sizes, typed snapshot) | "
+            f"| facts against the live engine ({many['api_calls']} API calls: list, df, one inspect per "
+            "image, "
+            "history only where a layer size is unknown; 4 requests in flight) | "
+            f"{many['collect_seconds']:.2f} |",
+            "| *beyond the API calls* — the engine's recorded answers replayed instantly: | |",
+            f"| facts processing (chain IDs, layer sizes, typed snapshot; includes copying the answers) | "
             f"{many['facts_overhead']:.2f} |",
             f"| analysis (findings, savings, baseline) | {many['analyze_seconds']:.2f} |",
             f"| report model + JSON, Markdown, HTML | {many['report_seconds']:.2f} |",
-            f"| **beyond the API calls** | **{many['beyond_api']:.2f}** ({verdict}; target <= 1 s) |",
+            f"| **total beyond the API calls** | **{many['beyond_api']:.2f}** ({verdict}; target <= 1 s) |",
             "",
             f"Layer graph equals the engine's LayersSize: {many['exact']}. Loading the images "
             f"(one generated `docker save` archive): {many['load_seconds']:.0f} s.",
