@@ -16,6 +16,7 @@ import typer
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..config import Policy
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, UsageError
@@ -48,6 +49,11 @@ _STATUS_STYLE = {
     "ok": "green",
     "unreachable": "bold red",
 }
+
+
+def _styled(status: str, text: str | None = None) -> Text:
+    """Return ``text`` (default: the status) styled by ``status``, as literal text (no markup)."""
+    return Text(text if text is not None else status, style=_STATUS_STYLE.get(status, ""))
 
 
 def _inventory_base(fleet: Fleet) -> Path:
@@ -223,7 +229,7 @@ class _Progress:
         t.add_column("state")
         t.add_column("task / result")
         for host, (st, task) in sorted(self.state.items()):
-            t.add_row(host, f"[{_STATUS_STYLE.get(st, '')}]{st}[/]", escape(task))
+            t.add_row(host, _styled(st), Text(task))
         return t
 
     def __enter__(self) -> _Progress:
@@ -438,8 +444,9 @@ def _summarise(
             "changed": hr.changed,
             "actions": len(plans[name].actions),
             "removed": len(removed),
+            "planned_images": [a.image_id for a in plans[name].removals()],
             "removed_images": [{"id": r["id"], "tags": r["tags"]} for r in removed],
-            "skipped": mod.get("skipped") or [],
+            "skipped": mod.get("skipped_images") or [],
             "predicted_bytes": mod.get("predicted_bytes", plans[name].predicted_bytes if check else None),
             "bytes_before": bytes_before,
             "bytes_after": bytes_after,
@@ -509,7 +516,7 @@ def _emit_summary(
         notes += [f"wrote {f}" for f in r["files"]] + r["messages"]
         t.add_row(
             r["host"],
-            f"[{_STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]",
+            _styled(r["status"]),
             str(r["changed"]),
             str(r["removed"]),
             str(len(r["skipped"])),
@@ -611,7 +618,7 @@ def status_cmd(
         t.add_row(
             h,
             *[
-                f"[{_STATUS_STYLE.get(ph[p].status, '')}]{escape(cell(ph[p]))}[/]" if p in ph else "-"
+                _styled(ph[p].status, cell(ph[p])) if p in ph else "-"
                 for p in phases
             ],
         )

@@ -76,7 +76,7 @@ would_remove:
   returned: always
   type: list
   elements: dict
-skipped:
+skipped_images:
   description: Planned images left alone because the engine changed since the plan (id, tags, reason).
   returned: always
   type: list
@@ -305,7 +305,7 @@ def main() -> None:
         module.fail_json(
             msg=f"engine error on {host.docker_host}: {describe_error(exc)}",
             removed=applier.removed if "applier" in locals() else [],
-            skipped=applier.skipped if "applier" in locals() else [],
+            skipped_images=applier.skipped if "applier" in locals() else [],
         )
         return
 
@@ -326,7 +326,7 @@ def main() -> None:
                 f"{cache.get('keep_bytes')} bytes")
     result: dict[str, Any] = {
         "changed": changed, "msg": msg, "removed": applier.removed, "would_remove": applier.would_remove,
-        "skipped": applier.skipped, "already_gone": applier.already_gone, "build_cache": cache,
+        "skipped_images": applier.skipped, "already_gone": applier.already_gone, "build_cache": cache,
         "predicted_bytes": predicted, "plan": host_plan.model_dump(mode="json"), "plan_source": source,
     }
     if module._diff:
