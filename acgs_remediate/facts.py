@@ -14,12 +14,14 @@ snapshot says it is approximate instead of guessing silently.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .inventory import Host
@@ -42,14 +44,68 @@ _TIMEOUT_PER_IMAGE = 0.05
 _RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 # Requests in flight per host (the docker SDK pools 10 connections per client).
 _PER_HOST_REQUESTS = 4
+CACHE_ENV = "ACGS_REMEDIATE_CACHE_DIR"  # "off" disables the layer cache
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # BuildKit history entries for instructions that only change the image config (never a layer).
 _META_INSTRUCTIONS = {
-    "ENV", "CMD", "LABEL", "EXPOSE", "ENTRYPOINT", "USER", "VOLUME", "ARG", "ONBUILD",
-    "STOPSIGNAL", "HEALTHCHECK", "SHELL", "MAINTAINER",
+    "ENV",
+    "CMD",
+    "LABEL",
+    "EXPOSE",
+    "ENTRYPOINT",
+    "USER",
+    "VOLUME",
+    "ARG",
+    "ONBUILD",
+    "STOPSIGNAL",
+    "HEALTHCHECK",
+    "SHELL",
+    "MAINTAINER",
 }
 _NOP_LAYER_RE = re.compile(r"#\(nop\)\s+(COPY|ADD)\b")
+
+
+class LayerCache:
+    """Image ID -> chain IDs and chain ID -> bytes, kept between runs to skip one inspect per image.
+
+    Safe because both are content-addressed: an image ID is the digest of a config naming its diff IDs,
+    and a chain ID names one exact stack of diffs, so neither answer can change. Only exact sizes are kept.
+    One file per host (hosts are collected in parallel threads); it holds the host's current images only.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.chains: dict[str, list[str]] = {}
+        self.sizes: dict[str, int] = {}
+        try:
+            data = json.loads(path.read_text())
+            self.chains = {str(k): [str(c) for c in v] for k, v in data.get("chains", {}).items()}
+            self.sizes = {str(k): int(v) for k, v in data.get("sizes", {}).items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass  # no cache yet, or unreadable: it is only a shortcut, start empty
+
+    @classmethod
+    def for_host(cls, host: Host) -> LayerCache | None:
+        """Return the cache of ``host``, or None when disabled ($ACGS_REMEDIATE_CACHE_DIR=off)."""
+        setting = os.environ.get(CACHE_ENV, "")
+        if setting.lower() in ("off", "0", "no", "false"):
+            return None
+        base = Path(setting) if setting else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        root = base if setting else base / "acgs-remediate" / "layers"
+        key = hashlib.sha256(f"{host.name}\0{host.docker_host}".encode()).hexdigest()[:16]
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", host.name)[:60]
+        return cls(root / f"{safe}-{key}.json")
+
+    def save(self, chains: dict[str, list[str]], sizes: dict[str, int]) -> None:
+        """Replace the cache with these (current) entries, atomically; failures are ignored."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"chains": chains, "sizes": sizes}))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only home must not break a read-only analysis
 
 
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:
@@ -280,7 +336,13 @@ def _collect(api: Any, host: Host, base_timeout: float) -> HostSnapshot:
     # Calls that walk every layer get more time on hosts with many images.
     api.timeout = base_timeout + _TIMEOUT_PER_IMAGE * len(listed)
 
+    # The containerd store reports sizes differently: no shortcuts there.
+    cache = LayerCache.for_host(host) if engine.image_store == "graphdriver" else None
+    cached = cache.chains if cache else {}
+
     def inspect_layers(item: dict[str, Any]) -> tuple[dict[str, Any], list[str]] | None:
+        if item["Id"] in cached:
+            return item, cached[item["Id"]]
         try:
             inspect = api.inspect_image(item["Id"])
         except Exception as exc:
@@ -299,9 +361,19 @@ def _collect(api: Any, host: Host, base_timeout: float) -> HostSnapshot:
     raw_images = [pair for pair in inspected if pair is not None]
     df_images = {i["Id"]: i for i in (df.get("Images") or [])}
 
-    layer_sizes, approximate = _layer_sizes(api, raw_images, derive=engine.image_store == "graphdriver")
+    layer_sizes, approximate, exact_sizes = _layer_sizes(
+        api, raw_images, derive=engine.image_store == "graphdriver", known=cache.sizes if cache else None
+    )
+    if cache is not None:
+        current = {c for _, layers in raw_images for c in layers}
+        cache.save(
+            {item["Id"]: layers for item, layers in raw_images},
+            {c: n for c, n in exact_sizes.items() if c in current},
+        )
 
     images: list[ImageFact] = []
+    # Newest first like `docker images`, ties by ID: the engine's own order varies between calls.
+    raw_images.sort(key=lambda pair: (-int(pair[0].get("Created") or 0), pair[0]["Id"]))
     for item, layers in raw_images:
         dfi = df_images.get(item["Id"], {})
         shared = dfi.get("SharedSize", item.get("SharedSize"))
@@ -360,9 +432,14 @@ def _collect(api: Any, host: Host, base_timeout: float) -> HostSnapshot:
 
 
 def _layer_sizes(
-    api: Any, raw_images: list[tuple[dict[str, Any], list[str]]], derive: bool = True
-) -> tuple[dict[str, int], list[str]]:
-    """Return chain ID -> bytes for every layer, and the reasons the mapping is approximate (if any).
+    api: Any,
+    raw_images: list[tuple[dict[str, Any], list[str]]],
+    derive: bool = True,
+    known: dict[str, int] | None = None,
+) -> tuple[dict[str, int], list[str], dict[str, int]]:
+    """Return chain ID -> bytes for the images' layers, why they are approximate (if so), and the exact sizes.
+
+    ``known`` holds exact sizes from an earlier run (chain IDs are content-addressed, so they still hold).
 
     Images are visited shortest chain first: a layer already sized by a shorter image is known, and an
     image with exactly one unknown layer gets it as Size minus the known ones (no history call needed) —
@@ -381,7 +458,8 @@ def _layer_sizes(
                 counts[image_id] = None
         return counts[image_id]
 
-    sizes: dict[str, int] = {}
+    current = {c for _, layers in raw_images for c in layers}
+    sizes: dict[str, int] = {c: n for c, n in (known or {}).items() if c in current}
     guessed: set[str] = set()
     approx_images: list[str] = []
     for item, layers in sorted(raw_images, key=lambda pair: len(pair[1])):
@@ -417,7 +495,7 @@ def _layer_sizes(
             f"layer sizes of {len(approx_images)} image(s) ({shown}) inferred from a history that does not "
             "match their layer count; their per-layer split may be off"
         )
-    return sizes, reasons
+    return sizes, reasons, {c: n for c, n in sizes.items() if c not in guessed}
 
 
 def _containers(api: Any) -> list[ContainerFact]:

@@ -60,7 +60,9 @@ def _parallel_df(docker_hosts: list[str]) -> float:
     return time.monotonic() - t0
 
 
-def _analyze_cli(inventory: Path, forks: int, state: Path) -> float:
+def _analyze_cli(inventory: Path, forks: int, state: Path, cache: str) -> float:
+    """Return the wall time of the whole analyze CLI; ``cache`` is its layer-cache dir, or "off" (cold)."""
+    env = {**os.environ, "ACGS_REMEDIATE_CACHE_DIR": cache}
     t0 = time.monotonic()
     proc = subprocess.run(
         [
@@ -78,6 +80,7 @@ def _analyze_cli(inventory: Path, forks: int, state: Path) -> float:
         capture_output=True,
         text=True,
         timeout=900,
+        env=env,
     )
     seconds = time.monotonic() - t0
     if proc.returncode != 0:
@@ -94,13 +97,15 @@ def bench_fleet(hosts: int, scenario: str, directory: Path, repeat: int) -> dict
     up_seconds = time.monotonic() - t0
     names = [Sandbox.host_name(i) for i in range(hosts)]
     docker_hosts = [sb.docker_host(n) for n in names]
-    ours, theirs = [], []
+    cold, warm, theirs = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        _analyze_cli(sb.inventory_path, hosts, Path(tmp) / "warm.db")  # warm the page cache for both
+        cache = str(Path(tmp) / "layers")
+        _analyze_cli(sb.inventory_path, hosts, Path(tmp) / "warm.db", cache)  # page cache + layer cache warm
         _parallel_df(docker_hosts)
         for i in range(repeat):
             theirs.append(_parallel_df(docker_hosts))
-            ours.append(_analyze_cli(sb.inventory_path, hosts, Path(tmp) / f"s{i}.db"))
+            cold.append(_analyze_cli(sb.inventory_path, hosts, Path(tmp) / f"c{i}.db", "off"))
+            warm.append(_analyze_cli(sb.inventory_path, hosts, Path(tmp) / f"w{i}.db", cache))
     from acgs_remediate.inventory import load_fleet
 
     # Where the CLI's time goes: start-up + inventory (ansible's loader), facts, pure analysis.
@@ -120,7 +125,7 @@ def bench_fleet(hosts: int, scenario: str, directory: Path, repeat: int) -> dict
     startup = time.monotonic() - t0
     fleet = load_fleet(sb.inventory_path)
     t0 = time.monotonic()
-    snapshots, _ = facts.collect_many(fleet.hosts, forks=hosts)
+    snapshots, _ = facts.collect_many(fleet.hosts, forks=hosts)  # cold: main() turned the cache off
     collect = time.monotonic() - t0
     t0 = time.monotonic()
     for h in fleet.hosts:
@@ -135,9 +140,11 @@ def bench_fleet(hosts: int, scenario: str, directory: Path, repeat: int) -> dict
         "scenario": scenario,
         "up_seconds": up_seconds,
         "images_per_host": images,
-        "analyze": statistics.median(ours),
+        "analyze": statistics.median(cold),
+        "warm": statistics.median(warm),
         "df": statistics.median(theirs),
-        "analyze_all": ours,
+        "analyze_all": cold,
+        "warm_all": warm,
         "df_all": theirs,
         "sandbox": sb,
     }
@@ -320,6 +327,8 @@ def bench_many_images(directory: Path, count: int) -> dict[str, Any]:
 
 def main() -> None:
     """Run both measurements, print them and write bench/results/analyze.md."""
+    # In-process measurements are cold (one inspect per image); CLI runs set their own cache setting.
+    os.environ[facts.CACHE_ENV] = "off"
     hosts = int(os.environ.get("ACGS_BENCH_HOSTS", "20"))
     scenario = os.environ.get("ACGS_BENCH_SCENARIO", "acgs-1")
     base = Path(os.environ.get("ACGS_BENCH_DIR", "/var/lib/acgs-ba"))
@@ -339,32 +348,41 @@ def main() -> None:
     try:
         fleet = bench_fleet(hosts, scenario, base / "f", repeat)
         ratio = fleet["analyze"] / fleet["df"]
+        warm_ratio = fleet["warm"] / fleet["df"]
         verdict = "ok" if ratio <= 2 else "OVER the 2x target"
+        warm_verdict = "ok" if warm_ratio <= 2 else "OVER the 2x target"
         print(
-            f"(a) {hosts} hosts x {fleet['images_per_host']} images: analyze {fleet['analyze']:.2f} s, "
-            f"parallel `docker system df -v` {fleet['df']:.2f} s, ratio {ratio:.2f}x ({verdict})",
+            f"(a) {hosts} hosts x {fleet['images_per_host']} images: analyze cold {fleet['analyze']:.2f} s, "
+            f"warm {fleet['warm']:.2f} s; parallel `docker system df -v` {fleet['df']:.2f} s; ratio cold "
+            f"{ratio:.2f}x ({verdict}), warm {warm_ratio:.2f}x ({warm_verdict})",
             flush=True,
         )
         lines += [
             f"## (a) {hosts}-host sandbox (scenario {scenario}), analyze vs `docker system df -v` on all "
             "engines at once",
             "",
-            "| measure | median of runs | runs |",
-            "|---|---:|---|",
-            f"| `acgs-remediate analyze --format json --forks {hosts}` (whole CLI: start-up, inventory, "
+            "Whole CLI each time (`acgs-remediate analyze --format json --forks N`: start-up, inventory, "
             "facts, "
-            f"analysis, doctor, state) | {fleet['analyze']:.2f} s | "
-            f"{', '.join(f'{x:.2f}' for x in fleet['analyze_all'])} |",
+            "analysis, doctor, state store). *Cold*: layer cache off (`ACGS_REMEDIATE_CACHE_DIR=off`), one "
+            "inspect per image. *Warm*: the content-addressed layer cache of an earlier run (a scheduled "
+            "re-analysis), only new images inspected. Runs alternate in one session.",
+            "",
+            "| measure | median | runs | ratio to df |",
+            "|---|---:|---|---:|",
+            f"| analyze, cold | {fleet['analyze']:.2f} s | "
+            f"{', '.join(f'{x:.2f}' for x in fleet['analyze_all'])} "
+            f"| **{ratio:.2f}x** ({verdict}) |",
+            f"| analyze, warm | {fleet['warm']:.2f} s | {', '.join(f'{x:.2f}' for x in fleet['warm_all'])} "
+            f"| **{warm_ratio:.2f}x** ({warm_verdict}) |",
             f"| {hosts} x `docker -H … system df -v` in parallel | {fleet['df']:.2f} s | "
-            f"{', '.join(f'{x:.2f}' for x in fleet['df_all'])} |",
-            f"| **ratio** | **{ratio:.2f}x** ({verdict}; target <= 2x) | |",
+            f"{', '.join(f'{x:.2f}' for x in fleet['df_all'])} | 1x |",
             "",
             f"{fleet['images_per_host']} images per host; sandbox up took {fleet['up_seconds']:.0f} s.",
             "",
             "Where analyze's time goes (measured separately, same fleet):",
             "",
             f"- Python start-up + CLI import + inventory through ansible's loader: {fleet['startup']:.2f} s",
-            f"- facts from all {hosts} engines in-process (`collect_many`, forks {hosts}): "
+            f"- facts from all {hosts} engines in-process, cold (`collect_many`, forks {hosts}): "
             f"{fleet['collect']:.2f} s",
             f"- pure analysis of all {hosts} snapshots: {fleet['pure']:.2f} s",
             f"- load average when measured: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared "

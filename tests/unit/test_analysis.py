@@ -225,3 +225,27 @@ def test_chain_ids_follow_the_layer_store_definition() -> None:
 
     d0, d1 = "sha256:" + "a" * 64, "sha256:" + "b" * 64
     assert chain_ids([d0, d1]) == [d0, "sha256:" + hashlib.sha256(f"{d0} {d1}".encode()).hexdigest()]
+
+
+def test_layer_cache_round_trip_disable_and_corruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from acgs_remediate.facts import CACHE_ENV, LayerCache
+    from acgs_remediate.inventory import Host
+
+    host = Host(name="prod/01", docker_host="ssh://deploy@prod-01")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    cache = LayerCache.for_host(host)
+    assert cache is not None and cache.path.parent == tmp_path and "/" not in cache.path.name
+    cache.save({"sha256:img": ["sha256:a", "sha256:b"]}, {"sha256:a": 5, "sha256:b": 0})
+    again = LayerCache.for_host(host)
+    assert again.chains == {"sha256:img": ["sha256:a", "sha256:b"]} and again.sizes == {
+        "sha256:a": 5,
+        "sha256:b": 0,
+    }
+    # Another endpoint with the same name gets its own file.
+    assert LayerCache.for_host(Host(name="prod/01", docker_host="tcp://x:2376")).chains == {}
+    cache.path.write_text("{not json")
+    assert LayerCache.for_host(host).chains == {}
+    monkeypatch.setenv(CACHE_ENV, "off")
+    assert LayerCache.for_host(host) is None
