@@ -50,6 +50,7 @@ MAX_HOSTS = 99
 # scenario's services bind an address derived from the engine name. Each live sandbox therefore holds a
 # slot: slot 0 names its engines sb-h01..; slot k names them sb-h<k>01.. (distinct addresses).
 SLOTS_DIR = Path("/run/acgs-remediate/sandbox-slots")
+LOCKS_DIR = Path("/run/acgs-remediate/locks")
 MAX_SLOTS = 99
 # The longest socket path dockerd creates below an engine's base dir (containerd's debug socket).
 _LONGEST_SOCKET_SUFFIX = "/exec/containerd/containerd-debug.sock"
@@ -610,6 +611,12 @@ class Sandbox:
         return self.directory / "inventory.yml"
 
     @property
+    def _lock_path(self) -> Path:
+        # Outside D (D is removed on down) and out of the user's directories: one lock per sandbox path.
+        digest = hashlib.sha1(str(self.directory).encode()).hexdigest()[:16]
+        return LOCKS_DIR / f"sandbox-{digest}.lock"
+
+    @property
     def sources_root(self) -> Path:
         """Return D/sources (the scenario's service source trees)."""
         return self.directory / "sources"
@@ -758,7 +765,7 @@ class Sandbox:
             scen = scen_mod.load_scenario(scen_name)
             content_hash = scen.content_hash()
 
-        with _flock(self.directory.parent / f".{self.directory.name}.lock"):
+        with _flock(self._lock_path):
             state = self._state()
             if state:
                 current = self.status()
@@ -791,7 +798,7 @@ class Sandbox:
             log(f"no sandbox in {self.directory}: nothing to do")
             return
         check_environment(need_dockerd=False)
-        with _flock(self.directory.parent / f".{self.directory.name}.lock"):
+        with _flock(self._lock_path):
             self._teardown(log)
 
     def stop_engine(self, host: str) -> None:

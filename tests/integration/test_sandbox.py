@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def _cgroup_parents(sb: Sandbox, count: int) -> list[str]:
 @pytest.fixture
 def scratch_dir(request: pytest.FixtureRequest, engines_available: None) -> Iterator[Path]:
     """Return a short, unused sandbox directory; whatever a test leaves there is torn down after it."""
-    path = Path(f"/var/lib/acgs-t{abs(hash(request.node.name)) % 1000:03d}")
+    path = Path(f"/var/lib/acgs-t{zlib.crc32(request.node.name.encode()) % 1000:03d}")
     Sandbox(path).down()
     yield path
     Sandbox(path).down()
