@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 HOSTS=${1:-3}; DIR=${2:-/var/lib/acgs-sb}; STATE=${3:-$PWD/.state/demo.db}
 export PATH="$PWD/.venv/bin:$PATH"
 export ACGS_SANDBOX_DIR="$DIR" ACGS_REMEDIATE_INVENTORY="$DIR/inventory.yml" ACGS_REMEDIATE_STATE="$STATE"
+# Phase 1 renders the alembic runner's missing alembic.ini from its template with this URL
+# (it never writes an empty file; without a URL that host fails, naming the file and the variable).
+export ACGS_DATABASE_URL="${ACGS_DATABASE_URL:-sqlite:////var/lib/acgs/acgs.db}"
 mkdir -p reports "$(dirname "$STATE")"
 banner() { printf '\n\033[1m━━ %s\033[0m\n$ %s\n' "$1" "$2"; }
 run() { banner "$1" "${*:2}"; "${@:2}"; }
