@@ -294,9 +294,7 @@ def phase1_cmd(
 
     Exit 0: done; 1: a host failed; 2: bad input/refused (nothing changed); 3: a host unreachable.
     """
-    from ..analysis import storage_bytes
     from ..execute import run_playbook
-    from ..facts import collect_many
     from ..inventory import load_fleet
     from ..resources import playbooks_dir
 
@@ -342,7 +340,7 @@ def phase1_cmd(
         if not check:
             store.begin_run(run_id, PHASE1, targets + [u.host for u in unreachable])
             for name in targets:
-                store.mark_running(name, PHASE1, run_id, bytes_before=_bytes(storage_bytes(before[name])))
+                store.mark_running(name, PHASE1, run_id, bytes_before=_snapshot_bytes(before[name]))
             _finish_unreachable(store, run_id, unreachable, check)
         extravars = {
             "acgs_phase1_plan": {n: p.model_dump(mode="json") for n, p in plans.items()},
@@ -378,7 +376,9 @@ def phase1_cmd(
         after: dict[str, Any] = {}
         if not check:
             reached = [fleet.host(n) for n in targets if result.hosts[n].status in ("ok", "changed")]
-            after, _ = collect_many(reached, forks=forks)
+            after = _measure(reached, forks)
+        if diff:
+            _print_diff(result)
         rows = _summarise(store, run_id, plans, before, after, result, check)
         if not check:
             store.finish_run(run_id, result.status)
@@ -401,8 +401,34 @@ def phase1_cmd(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _bytes(storage: dict[str, int]) -> int:
-    return int(storage["images"]) + int(storage["build_cache"])
+def _snapshot_bytes(snapshot: Any) -> int:
+    """Return image layers (the engine's own LayersSize, shared layers once) + build cache, in bytes."""
+    from ..analysis import storage_bytes
+
+    storage = storage_bytes(snapshot)
+    layers = snapshot.df_layers_size if snapshot.df_layers_size is not None else storage["images"]
+    return int(layers) + int(storage["build_cache"])
+
+
+def _measure(hosts: list[Host], forks: int) -> dict[str, int]:
+    """Return the bytes of ``_snapshot_bytes`` per host, measured with one /system/df call each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import docker
+
+    def one(host: Host) -> tuple[str, int | None]:
+        try:
+            api = docker.APIClient(**host.docker_client_kwargs())
+            df = api.df()
+        except Exception:  # a host that went away after its run: its bytes are simply unknown
+            return host.name, None
+        cache = sum(int(b.get("Size") or 0) for b in df.get("BuildCache") or [] if not b.get("Shared"))
+        return host.name, int(df.get("LayersSize") or 0) + cache
+
+    if not hosts:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
+        return {name: value for name, value in pool.map(one, hosts) if value is not None}
 
 
 def _finish_unreachable(store: StateStore, run_id: str, unreachable: list[Any], check: bool) -> None:
@@ -410,6 +436,30 @@ def _finish_unreachable(store: StateStore, run_id: str, unreachable: list[Any], 
         return
     for u in unreachable:
         store.finish_host(u.host, PHASE1, run_id, "failed", detail=f"unreachable: {u.reason}")
+
+
+def _predicted(snapshot: Any, removed: list[dict[str, Any]], cache: dict[str, Any], check: bool) -> int:
+    """Return the bytes the plan predicted for what was actually removed (layers shared among them once)."""
+    from ..analysis import reclaimable_bytes
+
+    total = reclaimable_bytes(snapshot, [r["id"] for r in removed]) if removed else 0
+    if cache.get("planned") and (check or cache.get("reclaimed_bytes")):
+        total += int(cache.get("predicted_bytes") or 0)
+    return total
+
+
+def _print_diff(result: Any) -> None:
+    """Print what each host's run changed (or would change): images before/after and files written."""
+    for name, hr in sorted(result.hosts.items()):
+        diff = (hr.results.get("acgs_image_cleanup") or {}).get("diff") or {}
+        gone = sorted(set(diff.get("before", "").splitlines()) - set(diff.get("after", "").splitlines()))
+        for line in gone:
+            err.print(Text(f"{name}: - image {line}", style="red"))
+        files = hr.results.get("acgs_build_files") or {}
+        for entry in files.get("diff") or []:
+            err.print(Text(f"{name}: + file {entry.get('after_header')}", style="green"))
+            for line in str(entry.get("after", "")).splitlines():
+                err.print(Text(f"    + {line}", style="green"))
 
 
 def _summarise(
@@ -422,7 +472,6 @@ def _summarise(
     check: bool,
 ) -> list[dict[str, Any]]:
     """Return one summary row per host; record each host's outcome in the ledger (not in check mode)."""
-    from ..analysis import storage_bytes
 
     rows: list[dict[str, Any]] = []
     for name in sorted(plans):
@@ -430,8 +479,8 @@ def _summarise(
         mod = hr.results.get("acgs_image_cleanup", {})
         files = hr.results.get("acgs_build_files", {})
         removed = mod.get("would_remove" if check else "removed") or []
-        bytes_before = _bytes(storage_bytes(before[name]))
-        bytes_after = _bytes(storage_bytes(after[name])) if name in after else None
+        bytes_before = _snapshot_bytes(before[name])
+        bytes_after = after.get(name)
         if result.interrupted:
             status = "interrupted"
         elif hr.status in ("ok", "changed"):
@@ -447,7 +496,7 @@ def _summarise(
             "planned_images": [a.image_id for a in plans[name].removals()],
             "removed_images": [{"id": r["id"], "tags": r["tags"]} for r in removed],
             "skipped": mod.get("skipped_images") or [],
-            "predicted_bytes": mod.get("predicted_bytes", plans[name].predicted_bytes if check else None),
+            "predicted_bytes": _predicted(before[name], removed, mod.get("build_cache") or {}, check),
             "bytes_before": bytes_before,
             "bytes_after": bytes_after,
             "measured_freed": (bytes_before - bytes_after) if bytes_after is not None else None,

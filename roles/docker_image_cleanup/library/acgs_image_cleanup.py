@@ -134,6 +134,7 @@ class _Applier:
         self.skipped: list[dict[str, Any]] = []
         self.already_gone: list[str] = []
         self.changed = False
+        self._containers: list[dict[str, Any]] | None = None
 
     def _inspect(self, ref: str) -> dict[str, Any] | None:
         try:
@@ -155,7 +156,12 @@ class _Applier:
                 pattern = self.policy.is_protected(tag)
                 if pattern:
                     return f"protected pattern {pattern!r} matches {tag}"
-        users = [c for c in self.api.containers(all=True) if c.get("ImageID") == action.image_id]
+        if self._containers is None or len(tags) > 1:
+            # Listed once per run (the engine itself refuses, without force, to delete an image a container
+            # created meanwhile uses); listed afresh before untagging a multi-tag image, because untagging
+            # is allowed even while a container uses it and would leave that image without its tags.
+            self._containers = self.api.containers(all=True)
+        users = [c for c in self._containers if c.get("ImageID") == action.image_id]
         if users:
             names = ", ".join(sorted((c.get("Names") or ["?"])[0].lstrip("/") for c in users))
             return f"now used by container {names}"
