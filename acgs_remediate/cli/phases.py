@@ -328,7 +328,9 @@ def phase1_cmd(
     run_id = new_run_id(PHASE1)
     locks = None if check else store.lock_hosts([h.name for h in todo], run_id)
     try:
+        clock = time.monotonic()
         plans, before, unreachable = _make_plans(fleet, todo, policies, forks)
+        timings = {"facts_and_plan": round(time.monotonic() - clock, 2)}
         _show_plans(plans, unreachable, OutputFormat.table if fmt is OutputFormat.json else fmt)
         if not plans:
             _finish_unreachable(store, run_id, unreachable, check)
@@ -373,10 +375,13 @@ def phase1_cmd(
                     )
                 store.finish_run(run_id, "interrupted")
             raise
+        timings["playbook"] = round(result.seconds, 2)
+        clock = time.monotonic()
         after: dict[str, Any] = {}
         if not check:
             reached = [fleet.host(n) for n in targets if result.hosts[n].status in ("ok", "changed")]
             after = _measure(reached, forks)
+        timings["measure_after"] = round(time.monotonic() - clock, 2)
         if diff:
             _print_diff(result)
         rows = _summarise(store, run_id, plans, before, after, result, check)
@@ -392,7 +397,7 @@ def phase1_cmd(
         rows,
         unreachable,
         done,
-        {"run_id": run_id, "status": result.status, "seconds": round(result.seconds, 2)},
+        {"run_id": run_id, "status": result.status, "seconds": round(result.seconds, 2), "timings": timings},
     )
     failed = any(r["status"] in ("failed", "interrupted") for r in rows)
     if failed:
@@ -666,10 +671,7 @@ def status_cmd(
     for h, ph in sorted(by_host.items()):
         t.add_row(
             h,
-            *[
-                _styled(ph[p].status, cell(ph[p])) if p in ph else "-"
-                for p in phases
-            ],
+            *[_styled(ph[p].status, cell(ph[p])) if p in ph else "-" for p in phases],
         )
     out.print(t)
     for e in entries:
