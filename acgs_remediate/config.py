@@ -111,7 +111,7 @@ def describe_validation_error(err: ValidationError, source: str) -> str:
 
 
 def parse_policy(raw: Any, source: str) -> Policy:
-    """Return the validated policy from ``raw`` (the ``acgs_policy`` value); raise UsageError naming ``source``."""
+    """Return the validated policy from ``raw`` (the ``acgs_policy`` value); errors name ``source``."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -87,7 +87,9 @@ def resolve_inventory(path: str | os.PathLike[str] | None) -> Path:
         )
     p = Path(path).expanduser()
     if not p.exists():
-        raise UsageError(f"inventory {p} does not exist", hint="pass -i with the path of an Ansible inventory")
+        raise UsageError(
+            f"inventory {p} does not exist", hint="pass -i with the path of an Ansible inventory"
+        )
     return p.resolve()
 
 
@@ -113,7 +115,10 @@ def load_fleet(path: str | os.PathLike[str] | None, pattern: str = "all") -> Fle
             inventory = InventoryManager(loader=loader, sources=[str(source)])
             variables = VariableManager(loader=loader, inventory=inventory)
     except AnsibleError:
-        raise UsageError(f"cannot read inventory {source}: {_syntax_problem(source)}", hint="fix the syntax (YAML or INI) and retry") from None
+        raise UsageError(
+            f"cannot read inventory {source}: {_syntax_problem(source)}",
+            hint="fix the syntax (YAML or INI) and retry",
+        ) from None
     if not inventory.hosts:
         raise UsageError(f"inventory {source} defines no hosts", hint="add hosts, or pass another -i PATH")
     try:
@@ -121,7 +126,10 @@ def load_fleet(path: str | os.PathLike[str] | None, pattern: str = "all") -> Fle
         with _quiet_ansible_warnings():
             selected = inventory.get_hosts(pattern or "all")
     except AnsibleError as err:
-        raise UsageError(f"bad host pattern {pattern!r}: {err}", hint="use an Ansible pattern such as prod, 'web*' or 'prod:!h3'") from None
+        raise UsageError(
+            f"bad host pattern {pattern!r}: {err}",
+            hint="use an Ansible pattern such as prod, 'web*' or 'prod:!h3'",
+        ) from None
     if not selected:
         groups = ", ".join(sorted(g for g in inventory.groups if g not in ("all", "ungrouped")))
         raise UsageError(
@@ -132,7 +140,11 @@ def load_fleet(path: str | os.PathLike[str] | None, pattern: str = "all") -> Fle
     sources: dict[str, str] = {}
     for ah in selected:
         hv = variables.get_vars(host=ah, include_hostvars=False)
-        hv = {k: v for k, v in hv.items() if not k.startswith("ansible_") or k in ("ansible_host", "ansible_connection")}
+        hv = {
+            k: v
+            for k, v in hv.items()
+            if not k.startswith("ansible_") or k in ("ansible_host", "ansible_connection")
+        }
         hosts.append(_host_from_vars(ah.name, hv, tuple(sorted(g.name for g in ah.get_groups()))))
         sources[ah.name] = _policy_source(source, ah)
     return Fleet(source=source, hosts=hosts, _policy_sources=sources)
@@ -177,7 +189,9 @@ def _host_from_vars(name: str, hv: dict[str, Any], groups: tuple[str, ...]) -> H
     try:
         timeout = float(hv.get("docker_timeout", 60))
     except (TypeError, ValueError):
-        raise UsageError(f"host {name}: docker_timeout must be a number of seconds, not {hv.get('docker_timeout')!r}") from None
+        raise UsageError(
+            f"host {name}: docker_timeout must be a number of seconds, not {hv.get('docker_timeout')!r}"
+        ) from None
     docker_host = str(hv.get("docker_host") or DEFAULT_DOCKER_HOST)
     if not docker_host.startswith(("unix://", "tcp://", "ssh://", "http://", "https://", "npipe://")):
         raise UsageError(

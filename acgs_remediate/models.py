@@ -132,7 +132,11 @@ class HostSnapshot(_Fact):
         """Return the image with this tag, full ID or ID prefix, or None."""
         bare = ref.removeprefix("sha256:")
         for img in self.images:
-            if ref in img.repo_tags or img.id == ref or (len(bare) >= 12 and img.id.removeprefix("sha256:").startswith(bare)):
+            if (
+                ref in img.repo_tags
+                or img.id == ref
+                or (len(bare) >= 12 and img.id.removeprefix("sha256:").startswith(bare))
+            ):
                 return img
         if ":" not in ref:
             return self.image(f"{ref}:latest")

@@ -30,24 +30,35 @@ class OutputFormat(str, Enum):
 InventoryOpt = Annotated[
     Path | None,
     typer.Option(
-        "-i", "--inventory",
+        "-i",
+        "--inventory",
         help="Ansible inventory (file or directory). Default: $ACGS_REMEDIATE_INVENTORY, else the running sandbox's.",
         show_default=False,
     ),
 ]
 HostsOpt = Annotated[
     str,
-    typer.Option("--hosts", "-l", help="Ansible host pattern selecting hosts (like --limit): prod, 'web*', 'prod:!h3'."),
+    typer.Option(
+        "--hosts", "-l", help="Ansible host pattern selecting hosts (like --limit): prod, 'web*', 'prod:!h3'."
+    ),
 ]
 StateOpt = Annotated[
     Path | None,
-    typer.Option("--state", help="State store (SQLite file). Default: $ACGS_REMEDIATE_STATE or ~/.local/state/acgs-remediate/state.db.",
-                 show_default=False),
+    typer.Option(
+        "--state",
+        help="State store (SQLite file). Default: $ACGS_REMEDIATE_STATE or ~/.local/state/acgs-remediate/state.db.",
+        show_default=False,
+    ),
 ]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
 ForksOpt = Annotated[int, typer.Option("--forks", min=1, max=500, help="Hosts worked on at once.")]
 OutputFileOpt = Annotated[
-    Path | None, typer.Option("-o", "--output", help="Write the report to this file (format from --format, or .html/.md/.json suffix).")
+    Path | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Write the report to this file (format from --format, or .html/.md/.json suffix).",
+    ),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The command line as a user meets it: help everywhere, version, and exit 2 with one clear line on bad input."""
+"""The command line as a user meets it: help everywhere, version, exit 2 with one clear line on bad input."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def _commands(cmd, path: tuple[str, ...] = ()) -> list:
 
 ALL_COMMANDS = _commands(typer.main.get_command(app))
 FLEET_COMMANDS = [
-    path for path, cmd in ALL_COMMANDS
+    path
+    for path, cmd in ALL_COMMANDS
     if path and any("--inventory" in getattr(p, "opts", ()) for p in cmd.params)
 ]
 
@@ -46,7 +47,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     full_env = {**os.environ, "COLUMNS": "120", **(env or {})}
     return subprocess.run(
         [sys.executable, "-c", "from acgs_remediate.cli import main; main()", *args],
-        capture_output=True, text=True, env=full_env, timeout=120, stdin=subprocess.DEVNULL, check=False,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
     )
 
 
@@ -86,7 +92,12 @@ def test_unknown_command_is_a_usage_error():
 
 @pytest.mark.parametrize("path", FLEET_COMMANDS, ids=lambda p: " ".join(p))
 def test_missing_inventory_gives_one_line_and_exit_2(path, tmp_path):
-    result = run_cli(*_fleet_args(path), "-i", str(tmp_path / "missing.yml"), env={"ACGS_REMEDIATE_STATE": str(tmp_path / "s.db")})
+    result = run_cli(
+        *_fleet_args(path),
+        "-i",
+        str(tmp_path / "missing.yml"),
+        env={"ACGS_REMEDIATE_STATE": str(tmp_path / "s.db")},
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -96,8 +107,14 @@ def test_missing_inventory_gives_one_line_and_exit_2(path, tmp_path):
 
 @pytest.mark.parametrize("path", FLEET_COMMANDS, ids=lambda p: " ".join(p))
 def test_unknown_host_pattern_gives_exit_2(path, tmp_path):
-    result = run_cli(*_fleet_args(path), "-i", str(REPO / "inventory"), "--hosts", "nosuchgroup",
-                     env={"ACGS_REMEDIATE_STATE": str(tmp_path / "s.db")})
+    result = run_cli(
+        *_fleet_args(path),
+        "-i",
+        str(REPO / "inventory"),
+        "--hosts",
+        "nosuchgroup",
+        env={"ACGS_REMEDIATE_STATE": str(tmp_path / "s.db")},
+    )
     assert result.returncode == 2, result.stderr
     assert "matches no host" in result.stderr
     assert "Traceback" not in result.stderr

@@ -11,8 +11,14 @@ from acgs_remediate.units import human_size, parse_duration, parse_size
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("300MB", 300_000_000), ("1.5GB", 1_500_000_000), ("4096", 4096), (4096, 4096), ("2 GiB", 2 * 2**30),
-     ("15mb", 15_000_000)],
+    [
+        ("300MB", 300_000_000),
+        ("1.5GB", 1_500_000_000),
+        ("4096", 4096),
+        (4096, 4096),
+        ("2 GiB", 2 * 2**30),
+        ("15mb", 15_000_000),
+    ],
 )
 def test_sizes_parse_in_docker_units(text, expected):
     assert parse_size(text) == expected
@@ -24,7 +30,9 @@ def test_unreadable_sizes_are_rejected(bad):
         parse_size(bad)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("15m", 900), ("2h", 7200), ("1d12h", 129600), (300, 300)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("15m", 900), ("2h", 7200), ("1d12h", 129600), (300, 300)]
+)
 def test_durations_parse(text, seconds):
     assert parse_duration(text) == seconds
 

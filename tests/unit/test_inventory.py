@@ -28,7 +28,15 @@ def test_example_inventory_carries_the_report_policy():
     policy = fleet.policy(fleet.hosts[0])
     refs = [o.ref for o in policy.oversized_images]
     assert "rocm/pytorch:latest" in refs and len(refs) == 6
-    assert {s.name for s in policy.services} == {"gs", "alembic-runner", "fv", "ac", "pgc", "integrity", "auth"}
+    assert {s.name for s in policy.services} == {
+        "gs",
+        "alembic-runner",
+        "fv",
+        "ac",
+        "pgc",
+        "integrity",
+        "auth",
+    }
 
 
 def test_ansible_patterns_work_like_limit():

@@ -12,8 +12,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_wheel_carries_and_finds_playbooks(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     wheel = next(tmp_path.glob("acgs_remediate-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -29,8 +42,16 @@ def test_wheel_carries_and_finds_playbooks(tmp_path):
     unpacked = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(unpacked)
     probe = subprocess.run(
-        [sys.executable, "-c", "from acgs_remediate.resources import playbooks_dir, roles_dir; print(playbooks_dir()); print(roles_dir())"],
-        cwd=tmp_path, env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "from acgs_remediate.resources import playbooks_dir, roles_dir; print(playbooks_dir()); print(roles_dir())",
+        ],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     pb, roles = probe.stdout.split()
     assert pb == str(unpacked / "acgs_remediate" / "_data" / "playbooks")
