@@ -95,8 +95,8 @@ predicted_bytes:
   returned: always
   type: int
 plan:
-  description: The plan applied (as given, or as computed from live facts).
-  returned: always
+  description: The plan computed from live facts (standalone runs; not returned when the plan was given).
+  returned: when computed
   type: dict
 plan_source:
   description: C(given) when passed in O(plan), C(computed) otherwise.
@@ -135,6 +135,7 @@ class _Applier:
         self.already_gone: list[str] = []
         self.changed = False
         self._containers: list[dict[str, Any]] | None = None
+        self._images: dict[str, dict[str, Any]] | None = None
 
     def _inspect(self, ref: str) -> dict[str, Any] | None:
         try:
@@ -167,9 +168,18 @@ class _Applier:
             return f"now used by container {names}"
         return None
 
+    def _current(self, image_id: str) -> dict[str, Any] | None:
+        """Return the engine's listing entry of ``image_id`` (images listed once per run), or None."""
+        if self._images is None:
+            # One listing per host run instead of one inspect per image: whatever changes after it is
+            # caught by the engine itself (deleting by ID an image that gained a tag or a container is
+            # refused without force; an image already gone answers 404).
+            self._images = {img["Id"]: img for img in self.api.images(all=False)}
+        return self._images.get(image_id)
+
     def apply(self, action: Any) -> None:
         """Remove one planned image, unless the engine says it must stay now."""
-        info = self._inspect(action.image_id)
+        info = self._current(action.image_id)
         if info is None:
             self.already_gone.append(action.image_id)
             return
@@ -333,8 +343,11 @@ def main() -> None:
     result: dict[str, Any] = {
         "changed": changed, "msg": msg, "removed": applier.removed, "would_remove": applier.would_remove,
         "skipped_images": applier.skipped, "already_gone": applier.already_gone, "build_cache": cache,
-        "predicted_bytes": predicted, "plan": host_plan.model_dump(mode="json"), "plan_source": source,
+        "predicted_bytes": predicted, "plan_source": source,
     }
+    if source == "computed":
+        # Standalone runs show the plan they computed; the CLI already holds the plan it passed in.
+        result["plan"] = host_plan.model_dump(mode="json")
     if module._diff:
         result["diff"] = {
             "before_header": f"{host.name}: planned images present", "after_header": f"{host.name}: after",
