@@ -149,7 +149,8 @@ def main() -> None:
         "# Phase 1 benchmark",
         "",
         f"Command: `python -m bench phase1` (ACGS_BENCH_HOSTS={n}, ACGS_BENCH_FORKS={forks}); "
-        f"{time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores.",
+        f"{time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} at the end (a shared machine: other work competes for the CPU).",
         "",
         f"Fleet: {n} sandbox hosts (scenario acgs-1, freshly seeded before each contender); "
         f"{n_images} image removals planned in total.",
