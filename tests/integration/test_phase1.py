@@ -413,8 +413,11 @@ def test_orchestrator_sigkilled_leaves_hosts_interrupted_and_rerun_completes(
         while True:  # wait until the run has marked its hosts running, then kill everything it started
             assert time.monotonic() < deadline and proc.poll() is None
             if Path(state).exists():
-                with sqlite3.connect(state) as db:
-                    n = db.execute("SELECT count(*) FROM phase_status WHERE status = 'running'").fetchone()[0]
+                try:
+                    with sqlite3.connect(state) as db:
+                        n = db.execute("SELECT count(*) FROM phase_status WHERE status = 'running'").fetchone()[0]
+                except sqlite3.OperationalError:
+                    n = 0  # the store is being created right now
                 if n == len(sb.hosts()):
                     break
             time.sleep(0.05)
