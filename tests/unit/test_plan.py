@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from acgs_remediate.config import Policy
 from acgs_remediate.models import HostSnapshot
-from acgs_remediate.plan import BuildFileIssue, HostPlan, plan
+from acgs_remediate.plan import BuildFileIssue, HostPlan, plan, rollback_images
 
 CASES = sorted((Path(__file__).parent / "cases" / "plan").glob("*.json"))
 
@@ -67,3 +70,67 @@ def test_unknown_phase_is_refused() -> None:
     snapshot, policy, _, _ = _load(CASES[0])
     with pytest.raises(ValueError, match="unknown phase"):
         plan(snapshot, policy, "phase9")
+
+
+# -- property: whatever the host looks like, the plan never targets what must stay ------------------
+
+_NOW = datetime(2026, 1, 10, tzinfo=UTC)
+_REPOS = ["app", "postgres", "big", "svc"]
+
+
+@st.composite
+def _hosts(draw: st.DrawFn) -> tuple[HostSnapshot, Policy]:
+    n = draw(st.integers(1, 12))
+    layers = [f"L{i}" for i in range(8)]
+    images, used_tags = [], set()
+    for i in range(n):
+        tags = []
+        for _ in range(draw(st.integers(0, 2))):
+            tag = f"{draw(st.sampled_from(_REPOS))}:{draw(st.sampled_from(['latest', 'v1', 'stable']))}"
+            if tag not in used_tags:
+                used_tags.add(tag)
+                tags.append(tag)
+        images.append({
+            "id": f"sha256:{i:064x}", "repo_tags": tags, "size": 1,
+            "created": (_NOW - timedelta(hours=draw(st.integers(0, 100)))).isoformat(),
+            "layers": draw(st.lists(st.sampled_from(layers), min_size=1, max_size=4, unique=True)),
+        })
+    containers = [
+        {"id": f"c{j}", "name": f"c{j}", "image_id": draw(st.sampled_from(images))["id"],
+         "state": draw(st.sampled_from(["running", "exited", "created"])), "created": _NOW.isoformat()}
+        for j in range(draw(st.integers(0, 4)))
+    ]
+    snapshot = HostSnapshot.model_validate({
+        "host": "h", "collected_at": _NOW.isoformat(),
+        "engine": {"name": "h", "server_version": "20.10", "api_version": "1.41", "storage_driver": "overlay2",
+                   "data_root": "/d"},
+        "images": images, "containers": containers, "layer_sizes": {layer: 10 for layer in layers},
+    })
+    policy = Policy.model_validate({
+        "oversized_images": [{"ref": t} for t in sorted(used_tags) if draw(st.booleans())],
+        "protected_patterns": ["postgres:*", "*:stable"],
+        "fresh_min_age": f"{draw(st.integers(0, 50))}h", "dangling_min_age": f"{draw(st.integers(0, 50))}h",
+        "services": [{"name": "svc", "image": "svc:latest", "context": "svc"}],
+    })
+    return snapshot, policy
+
+
+@settings(max_examples=300, deadline=None)
+@given(_hosts())
+def test_plan_never_targets_used_protected_young_or_rollback_images(host: tuple[HostSnapshot, Policy]) -> None:
+    snapshot, policy = host
+    result = plan(snapshot, policy, "phase1")
+    used = {c.image_id for c in snapshot.containers}
+    rollback = set(rollback_images(snapshot, policy))
+    by_id = {i.id: i for i in snapshot.images}
+    removed = [a.image_id for a in result.removals()]
+    assert len(removed) == len(set(removed))
+    for image_id in removed:
+        img = by_id[image_id]
+        assert image_id not in used and image_id not in rollback
+        assert not any(policy.is_protected(t) for t in img.repo_tags)
+        assert (_NOW - img.created).total_seconds() >= policy.fresh_min_age
+        assert img.dangling or any(o.ref in img.repo_tags for o in policy.oversized_images)
+    # Everything that stays for a reason is explained; nothing is both removed and protected.
+    assert not set(removed) & {p.image_id for p in result.protections}
+    assert result.predicted_bytes >= max((a.predicted_bytes for a in result.removals()), default=0)
