@@ -842,6 +842,10 @@ class Sandbox:
                 state["content_hash"] = scen.content_hash()
                 self._save_state(state)
         count = len(names)
+        if scen is not None:
+            # The sources are the fleet's build files on the control node; phase 1 repairs them, so
+            # a reseed puts them back to the scenario's pristine (defective) state too.
+            scen_mod.prepare_sources(scen, self.sources_root)
 
         def one(index: int) -> int:
             engine = self._engine(index)
