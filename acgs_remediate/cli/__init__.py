@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Annotated
 
@@ -38,12 +39,23 @@ def _root(
     """Plan, run and verify Docker image-bloat remediation across a fleet of Docker hosts."""
 
 
-def _register() -> None:
-    # Each command group lives in its own module; importing it registers its commands on `app`.
-    from . import analyze, phases, sandbox, verify  # noqa: F401
+# Command -> the module defining it. Only the module a command needs is imported, so every
+# command starts fast (the phase commands pull in the planner, the state store and ansible-runner).
+_COMMAND_MODULES = {
+    "sandbox": "sandbox",
+    "analyze": "analyze",
+    "plan": "phases",
+    "phase1": "phases",
+    "status": "phases",
+    "verify": "verify",
+}
 
 
-_register()
+def register(modules: list[str] | None = None) -> typer.Typer:
+    """Import command-group modules (all by default) so their commands exist on ``app``; return ``app``."""
+    for module in modules or sorted(set(_COMMAND_MODULES.values())):
+        importlib.import_module(f"{__name__}.{module}")
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,8 +63,12 @@ def main(argv: list[str] | None = None) -> None:
 
     Usage errors (unknown option, bad value) are click's: one message, exit code 2.
     """
+    args = sys.argv[1:] if argv is None else argv
+    first = next((a for a in args if not a.startswith("-")), None)
+    # A known command needs only its own module; help, version and typos get them all.
+    register([_COMMAND_MODULES[first]] if first in _COMMAND_MODULES else None)
     try:
-        app(args=argv, prog_name="acgs-remediate")
+        app(args=args, prog_name="acgs-remediate")
     except RemediateError as exc:
         err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True)
         if exc.hint:

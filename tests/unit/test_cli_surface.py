@@ -11,7 +11,7 @@ import pytest
 import typer
 
 from acgs_remediate import __version__
-from acgs_remediate.cli import app
+from acgs_remediate.cli import register
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ def _commands(cmd, path: tuple[str, ...] = ()) -> list:
     return found
 
 
-ALL_COMMANDS = _commands(typer.main.get_command(app))
+ALL_COMMANDS = _commands(typer.main.get_command(register()))
 FLEET_COMMANDS = [
     path
     for path, cmd in ALL_COMMANDS
