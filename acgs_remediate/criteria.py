@@ -178,20 +178,26 @@ def _storage(host: str, baseline: Baseline | None, snapshot: HostSnapshot, polic
     )
 
 
+def _no_services(criterion: str, title: str, host: str, threshold: str, limit: float | None = None) -> CriterionResult:
+    """Return the "not verified" result of a per-service criterion when no service is configured."""
+    return CriterionResult(
+        id=criterion,
+        title=title,
+        host=host,
+        status=Status.not_verified,
+        measured="no services",
+        threshold=threshold,
+        limit=limit,
+        causes=["the policy configures no services (acgs_policy.services)"],
+    )
+
+
 def _services_build(host: str, policy: Policy, latest: Mapping[str, BuildRecord]) -> CriterionResult:
     title = CRITERIA["services_build"]
     total = len(policy.services)
     threshold = f"{total}/{total} built"
     if not total:
-        return CriterionResult(
-            id="services_build",
-            title=title,
-            host=host,
-            status=Status.not_verified,
-            measured="no services",
-            threshold=threshold,
-            causes=["the policy configures no services (acgs_policy.services)"],
-        )
+        return _no_services("services_build", title, host, threshold)
     statuses, causes, details = [], [], []
     unverified: dict[str, list[str]] = {}
     built = 0
@@ -243,15 +249,7 @@ def _size_cap(host: str, snapshot: HostSnapshot, policy: Policy) -> CriterionRes
     caps = {policy.service_budget(s) for s in policy.services}
     threshold = f"< {human_size(next(iter(caps)))}" if len(caps) == 1 else "< per-service budget"
     if not policy.services:
-        return CriterionResult(
-            id="image_size_cap",
-            title=title,
-            host=host,
-            status=Status.not_verified,
-            measured="no services",
-            threshold=threshold,
-            causes=["the policy configures no services (acgs_policy.services)"],
-        )
+        return _no_services("image_size_cap", title, host, threshold)
     statuses, causes, details = [], [], []
     unverified: dict[str, list[str]] = {}
     largest: int | None = None
@@ -346,16 +344,7 @@ def _build_time(host: str, policy: Policy, latest: Mapping[str, BuildRecord]) ->
     title = CRITERIA["build_time"].format(limit=human_duration(limit))
     threshold = f"< {human_duration(limit)}"
     if not policy.services:
-        return CriterionResult(
-            id="build_time",
-            title=title,
-            host=host,
-            status=Status.not_verified,
-            measured="no services",
-            threshold=threshold,
-            limit=limit,
-            causes=["the policy configures no services (acgs_policy.services)"],
-        )
+        return _no_services("build_time", title, host, threshold, limit=limit)
     statuses, causes, details = [], [], []
     unverified: dict[str, list[str]] = {}
     slowest: float | None = None
