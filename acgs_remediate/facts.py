@@ -14,10 +14,15 @@ snapshot says it is approximate instead of guessing silently.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
+import socket
+import ssl
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -239,6 +244,8 @@ def _normalise_digests(digests: list[str] | None) -> list[str]:
 
 
 def _is_conflict(exc: BaseException) -> bool:
+    if isinstance(exc, EngineHTTPError):
+        return exc.status_code == 409
     from docker.errors import APIError
 
     return isinstance(exc, APIError) and exc.status_code == 409
@@ -258,6 +265,16 @@ def _retry(call: Callable[[], T], delays: tuple[float, ...] = _RETRY_DELAYS) -> 
 
 def describe_error(exc: BaseException) -> str:
     """Return a one-line reason for a failure talking to an engine (no traceback, no URL noise)."""
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+        return "timed out waiting for the engine"
+    if isinstance(exc, EngineHTTPError):
+        return f"engine error {exc.status_code}: {exc.explanation}"
+    if isinstance(exc, ssl.SSLError):
+        return f"cannot connect: TLS: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"cannot connect: [Errno {exc.errno}] {exc.strerror}"
+    if isinstance(exc, http.client.HTTPException):
+        return f"cannot talk to the engine: {type(exc).__name__}: {str(exc)[:200]}"
     import requests
     from docker.errors import APIError, DockerException
 
@@ -313,12 +330,148 @@ def _engine_fact(info: dict[str, Any], version: dict[str, Any], docker_host: str
     )
 
 
+class EngineHTTPError(Exception):
+    """A non-2xx answer of the engine to a read-only GET (status code and the engine's message)."""
+
+    def __init__(self, status_code: int, explanation: str) -> None:
+        super().__init__(f"{status_code}: {explanation}")
+        self.status_code = status_code
+        self.explanation = explanation
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class LeanEngineAPI:
+    """The few read-only Engine API GETs facts need, over plain http.client with kept-alive connections.
+
+    Why not the docker SDK here: a cold analyze makes ~90 GETs per host and the SDK (requests) spends
+    ~0.7 ms of CPU on each against ~0.13 ms for http.client — on 20 hosts that was 2 s of a 3.7 s run.
+    Only unix:// and tcp:// (plain or TLS) endpoints; anything else (ssh://) goes through the SDK.
+    Method names and answers mirror docker.APIClient's, so ``_collect`` works with either.
+    """
+
+    def __init__(self, host: Host, timeout: float) -> None:
+        self.timeout = timeout
+        self._prefix = ""
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        url = host.docker_host
+        if url.startswith("unix://"):
+            path = url.removeprefix("unix://")
+            self._factory: Callable[[], http.client.HTTPConnection] = lambda: _UnixHTTPConnection(
+                path, self.timeout
+            )
+            return
+        netloc = url.removeprefix("tcp://").split("/", 1)[0]
+        hostname, _, port_text = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+        if host.tls or host.validate_certs:
+            context = ssl.create_default_context(cafile=host.ca_path) if host.validate_certs else (
+                ssl._create_unverified_context()  # the SDK's tls with verify=False: encrypted, not verified
+            )
+            if host.client_cert and host.client_key:
+                context.load_cert_chain(host.client_cert, host.client_key)
+            port = int(port_text or 2376)
+            self._factory = lambda: http.client.HTTPSConnection(
+                hostname, port, timeout=self.timeout, context=context
+            )
+        else:
+            port = int(port_text or 2375)
+            self._factory = lambda: http.client.HTTPConnection(hostname, port, timeout=self.timeout)
+
+    @staticmethod
+    def supports(host: Host) -> bool:
+        """Return whether ``host``'s endpoint is one this client speaks (unix:// or tcp://)."""
+        return host.docker_host.startswith(("unix://", "tcp://"))
+
+    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else self._factory()
+        try:
+            conn.timeout = self.timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(self.timeout)
+            conn.request("GET", f"{self._prefix}{path}{query}")
+            resp = conn.getresponse()
+            body = resp.read()
+        except BaseException:
+            conn.close()
+            raise
+        if resp.will_close:
+            conn.close()
+        else:
+            with self._lock:
+                self._idle.append(conn)
+        if resp.status >= 400:
+            try:
+                message = str(json.loads(body).get("message") or "")
+            except (ValueError, AttributeError):
+                message = body.decode(errors="replace").strip()
+            raise EngineHTTPError(resp.status, message or resp.reason)
+        return json.loads(body) if body else None
+
+    def version(self) -> dict[str, Any]:
+        """GET /version (unversioned); later calls use the engine's own API version, as the SDK's "auto"."""
+        answer = self._get("/version")
+        if answer.get("ApiVersion"):
+            self._prefix = f"/v{answer['ApiVersion']}"
+        return answer
+
+    def info(self) -> dict[str, Any]:
+        return self._get("/info")
+
+    def images(self) -> list[dict[str, Any]]:
+        return self._get("/images/json", {"only_ids": "0", "all": "0"})
+
+    def df(self) -> dict[str, Any]:
+        return self._get("/system/df")
+
+    def containers(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the SDK's name
+        return self._get("/containers/json", {"all": "1" if all else "0", "size": "0"})
+
+    def inspect_container(self, ident: str) -> dict[str, Any]:
+        return self._get(f"/containers/{urllib.parse.quote(ident)}/json")
+
+    def inspect_image(self, ident: str) -> dict[str, Any]:
+        return self._get(f"/images/{urllib.parse.quote(ident)}/json")
+
+    def history(self, ident: str) -> list[dict[str, Any]]:
+        return self._get(f"/images/{urllib.parse.quote(ident)}/history")
+
+    def close(self) -> None:
+        """Close the kept-alive connections."""
+        with self._lock:
+            for conn in self._idle:
+                conn.close()
+            self._idle.clear()
+
+
 def collect(host: Host, timeout: float | None = None) -> HostSnapshot:
     """Return a read-only snapshot of ``host``'s engine; raise on an unreachable engine or API error."""
+    base_timeout = float(timeout if timeout is not None else host.timeout or 60.0)
+    if LeanEngineAPI.supports(host):
+        lean = LeanEngineAPI(host, base_timeout)
+        try:
+            return _collect(lean, host, base_timeout)
+        finally:
+            lean.close()
     import docker
 
     kwargs = host.docker_client_kwargs()
-    base_timeout = float(timeout if timeout is not None else kwargs.get("timeout") or 60.0)
     kwargs["timeout"] = base_timeout
     client = docker.DockerClient(**kwargs)
     try:
@@ -329,8 +482,8 @@ def collect(host: Host, timeout: float | None = None) -> HostSnapshot:
 
 def _collect(api: Any, host: Host, base_timeout: float) -> HostSnapshot:
     collected_at = datetime.now(UTC)
+    version = api.version()  # first: the lean client takes the API version from it
     info = api.info()
-    version = api.version()
     engine = _engine_fact(info, version, host.docker_host)
     listed = api.images()
     # Calls that walk every layer get more time on hosts with many images.
@@ -462,6 +615,38 @@ def _layer_sizes(
     sizes: dict[str, int] = {c: n for c, n in (known or {}).items() if c in current}
     guessed: set[str] = set()
     approx_images: list[str] = []
+    # An image with two or more unknown layers that no other image holds cannot be sized by the loop
+    # below without its history: ask for those histories up front, a few at a time, instead of one
+    # after another in the loop (the same calls, ~20 per host on the sandbox, overlapped).
+    holders: dict[str, int] = {}
+    for _, layers in raw_images:
+        for c in set(layers):
+            holders[c] = holders.get(c, 0) + 1
+    needs_history = [
+        item["Id"]
+        for item, layers in raw_images
+        if sum(1 for c in set(layers) if holders[c] == 1 and c not in sizes) >= 2
+    ]
+    prefetch = ThreadPoolExecutor(max_workers=_PER_HOST_REQUESTS) if len(needs_history) > 1 else None
+    prefetched = {ident: prefetch.submit(api.history, ident) for ident in needs_history} if prefetch else {}
+    try:
+        return _size_layers(api, raw_images, derive, sizes, guessed, approx_images, counter, prefetched)
+    finally:
+        if prefetch is not None:
+            prefetch.shutdown(wait=True, cancel_futures=True)
+
+
+def _size_layers(
+    api: Any,
+    raw_images: list[tuple[dict[str, Any], list[str]]],
+    derive: bool,
+    sizes: dict[str, int],
+    guessed: set[str],
+    approx_images: list[str],
+    counter: Callable[[str], int | None],
+    prefetched: dict[str, Any],
+) -> tuple[dict[str, int], list[str], dict[str, int]]:
+    """The shortest-chain-first sizing loop of ``_layer_sizes`` (histories maybe already requested)."""
     for item, layers in sorted(raw_images, key=lambda pair: len(pair[1])):
         unknown = [c for c in layers if c not in sizes]
         if not unknown:
@@ -473,7 +658,8 @@ def _layer_sizes(
                 sizes[unknown[0]] = rest
                 continue
         try:
-            history = api.history(item["Id"])
+            future = prefetched.get(item["Id"])
+            history = future.result() if future is not None else api.history(item["Id"])
         except Exception as exc:
             if _not_found(exc):
                 continue
@@ -543,6 +729,8 @@ def _non_negative(value: Any) -> int | None:
 
 
 def _not_found(exc: BaseException) -> bool:
+    if isinstance(exc, EngineHTTPError):
+        return exc.status_code == 404
     from docker.errors import NotFound
 
     return isinstance(exc, NotFound)

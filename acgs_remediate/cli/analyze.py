@@ -83,9 +83,10 @@ def analyze(
     The first analyze of a host records its baseline in the state store; later reports show the change.
     Exit 0: analysed; 3: some hosts unreachable (the others are still reported); 2: bad input.
     """
-    from .. import analysis, doctor, facts
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .. import facts
     from ..inventory import load_fleet
-    from ..report import HostReport, baseline_change, build_report, host_status, render, render_rich
     from ..state import StateStore
 
     kind = output_format(fmt, output)
@@ -95,7 +96,14 @@ def analyze(
     store = StateStore(state_path(state))
     err.print(f"[dim]analysing {len(fleet.hosts)} host(s) from {escape(str(fleet.source))}…[/]")
 
-    snapshots, unreachable = facts.collect_many(fleet.hosts, forks=forks, timeout=timeout)
+    # Engines answer while this thread imports the analysis side (~0.1 s of CPU that would otherwise
+    # come after the slowest engine's last answer).
+    with ThreadPoolExecutor(max_workers=1) as background:
+        collecting = background.submit(facts.collect_many, fleet.hosts, forks=forks, timeout=timeout)
+        from .. import analysis, doctor
+        from ..report import HostReport, baseline_change, build_report, host_status, render, render_rich
+
+        snapshots, unreachable = collecting.result()
 
     base_dir = fleet.source if fleet.source.is_dir() else fleet.source.parent
     host_reports: list[HostReport] = []
