@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,7 @@ class _RecordingAPI:
         self._api = api
         self.answers: dict[tuple[str, str], Any] = {}
         self.calls = 0
+        self._lock = threading.Lock()  # facts requests some histories from worker threads
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._api, name)
@@ -224,14 +226,15 @@ class _RecordingAPI:
 
         def recorded(*args: Any, **kwargs: Any) -> Any:
             result = attr(*args, **kwargs)
-            self.answers[(name, repr((args, sorted(kwargs.items()))))] = result
-            self.calls += 1
+            with self._lock:
+                self.answers[(name, repr((args, sorted(kwargs.items()))))] = result
+                self.calls += 1
             return result
 
         return recorded
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("_api", "answers", "calls"):
+        if name in ("_api", "answers", "calls", "_lock"):
             object.__setattr__(self, name, value)
         else:
             setattr(self._api, name, value)
@@ -273,7 +276,8 @@ def bench_many_images(directory: Path, count: int) -> dict[str, Any]:
                         pass
                 load_seconds = time.monotonic() - t0
         host = Host(name="bench-2k", docker_host=docker_host, timeout=300)
-        recorder = _RecordingAPI(client.api)
+        # The client analyze itself uses for unix:// and tcp:// engines (http.client, not the SDK).
+        recorder = _RecordingAPI(facts.LeanEngineAPI(host, 300.0))
         t0 = time.perf_counter()
         facts._collect(recorder, host, 300.0)
         collect_seconds = time.perf_counter() - t0
