@@ -14,7 +14,7 @@ DEMO_HOSTS ?= 3
 DEMO_DIR ?= /var/lib/acgs-sb
 DEMO_STATE ?= $(abspath .state/demo.db)
 
-.PHONY: help setup system-deps venv test test-unit test-integration lint molecule demo demo-down bench clean
+.PHONY: help setup system-deps venv test test-unit test-integration lint demo demo-down purge bench clean
 
 help:
 	@echo "make demo   - install everything, start a $(DEMO_HOSTS)-host sandbox fleet, run the main job"
@@ -23,11 +23,13 @@ help:
 
 setup: system-deps venv
 
-# The Docker engine (docker.io gives dockerd 20.10) and busybox-static for the scenario's base image.
+# The Docker engine (docker.io gives dockerd 20.10), busybox-static and Debian's python3.11 for the
+# sandbox scenario's locally made base images (no registry is reachable).
 system-deps:
 	@missing=""; \
 	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
 	dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
+	[ -x /usr/bin/python3.11 ] || missing="$$missing python3.11"; \
 	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "error: need$$missing; run as root (or install them) and retry" >&2; exit 2; fi; \
@@ -61,6 +63,10 @@ demo: setup
 
 demo-down: venv
 	$(BIN)/acgs-remediate sandbox down --dir "$(DEMO_DIR)"
+
+# Also frees the cached golden engines (~6.5 GB per scenario version) under /var/cache/acgs-remediate.
+purge: venv
+	$(BIN)/acgs-remediate sandbox down --dir "$(DEMO_DIR)" --purge-cache
 
 bench: setup
 	$(BIN)/python -m bench
