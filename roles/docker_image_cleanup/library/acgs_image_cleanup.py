@@ -20,6 +20,10 @@ description:
   - The build cache is pruned down to the budget with the engine's keep-storage prune (API, not
     community.docker.docker_prune, which has no check mode).
   - Supports check mode (reports exactly what would be done, changes nothing) and diff mode.
+  - With O(plan) in the shape C(acgs_remediate.plan.HostPlan) dumps and a unix:// engine, the module needs
+    neither pydantic, the planner nor the docker SDK (it talks to the Engine API over the socket with
+    http.client, the same calls and answers); then O(policy) serves only the protected-pattern re-checks.
+    Any other plan shape is judged by C(HostPlan) itself, and ssh:// or tcp:// engines use the docker SDK.
 options:
   host_name:
     description: Inventory name of the host (checked against the plan's host).
@@ -62,7 +66,7 @@ options:
     default: true
 requirements:
   - acgs_remediate and the docker SDK importable by the module's Python (set ansible_python_interpreter to
-    ansible_playbook_python)
+    ansible_playbook_python); a given plan on a unix:// engine needs only the standard library.
 """
 
 RETURN = r"""
@@ -104,8 +108,15 @@ plan_source:
   type: str
 """
 
+import fnmatch
+import http.client
+import json
+import socket
 import time
+from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -221,6 +232,173 @@ class _Applier:
         self.removed.append(entry)
 
 
+# --- The light path (why: one module process per host; importing pydantic, the planner and the docker SDK
+# cost ~0.3 s of CPU per host, the bulk of a fleet run's time). A plan given in the shape HostPlan dumps
+# it needs neither; a unix:// engine is reached with http.client. Anything else takes the full path.
+
+_PLAN_KEYS = {"host", "phase", "planned_at", "actions", "protections", "predicted_bytes", "notes"}
+_ACTION_KEYS = {"kind", "reason", "predicted_bytes", "image_id", "tags", "category", "keep_bytes", "service", "path"}
+_KINDS = {"remove_image", "prune_build_cache", "repair_build_file"}
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _opt(value: Any, kind: type) -> bool:
+    return value is None or (isinstance(value, kind) and not isinstance(value, bool))
+
+
+def _light_action(a: Any) -> SimpleNamespace | None:
+    if not isinstance(a, dict) or not set(a) <= _ACTION_KEYS or a.get("kind") not in _KINDS:
+        return None
+    pb = a.get("predicted_bytes", 0)
+    if not isinstance(a.get("reason"), str) or not _opt(pb, int) or pb is None:
+        return None
+    if not (_opt(a.get("image_id"), str) and _is_str_list(a.get("tags", [])) and _opt(a.get("keep_bytes"), int)
+            and a.get("category") in (None, "oversized", "dangling")
+            and _opt(a.get("service"), str) and _opt(a.get("path"), str)):
+        return None
+    return SimpleNamespace(kind=a["kind"], image_id=a.get("image_id"), tags=list(a.get("tags", [])),
+                           predicted_bytes=pb, keep_bytes=a.get("keep_bytes"))
+
+
+def _light_plan(data: Any) -> SimpleNamespace | None:
+    """Return the plan when it has exactly the shape HostPlan dumps, else None (then pydantic judges it)."""
+    if not isinstance(data, dict) or not set(data) <= _PLAN_KEYS or not {"host", "phase", "planned_at"} <= set(data):
+        return None
+    if not (isinstance(data["host"], str) and isinstance(data["phase"], str) and isinstance(data["planned_at"], str)
+            and _opt(data.get("predicted_bytes", 0), int) and data.get("predicted_bytes", 0) is not None
+            and _is_str_list(data.get("notes", [])) and isinstance(data.get("actions", []), list)
+            and isinstance(data.get("protections", []), list)):
+        return None
+    try:
+        datetime.fromisoformat(data["planned_at"])
+    except ValueError:
+        return None
+    for prot in data.get("protections", []):
+        if not (isinstance(prot, dict) and set(prot) <= {"image_id", "tags", "reasons"}
+                and isinstance(prot.get("image_id"), str) and _is_str_list(prot.get("tags", []))
+                and _is_str_list(prot.get("reasons"))):
+            return None
+    actions = [_light_action(a) for a in data.get("actions", [])]
+    if any(a is None for a in actions):
+        return None
+    return SimpleNamespace(host=data["host"], actions=actions,
+                           removals=lambda: [a for a in actions if a.kind == "remove_image"])
+
+
+class _Patterns:
+    """The policy's protected patterns, all a given plan's re-checks need (Policy.is_protected's rule)."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.protected_patterns = patterns
+
+    def is_protected(self, ref: str) -> str | None:
+        """Return the protected pattern that ``ref`` matches, or None."""
+        for pattern in self.protected_patterns:
+            if fnmatch.fnmatchcase(ref, pattern):
+                return pattern
+        return None
+
+
+class _APIError(Exception):
+    """An Engine API error answer (what docker.errors.APIError carries that the applier uses)."""
+
+    def __init__(self, status_code: int, explanation: str) -> None:
+        super().__init__(f"{status_code}: {explanation}")
+        self.status_code = status_code
+        self.explanation = explanation
+
+
+class _NotFound(_APIError):
+    """A 404 answer."""
+
+
+_LIGHT_ERRORS = SimpleNamespace(APIError=_APIError, NotFound=_NotFound)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _UnixAPI:
+    """The five Engine API calls the applier makes (docker.APIClient's names), over a unix socket."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _call(self, method: str, url: str, params: dict[str, Any] | None = None) -> Any:
+        if params:
+            url += "?" + urlencode(params)
+        conn = _UnixConnection(self.path, self.timeout)
+        try:
+            conn.request(method, url, headers={"Host": "docker"})
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        data: Any = None
+        if body:
+            try:
+                data = json.loads(body)
+            except ValueError:
+                data = body.decode("utf-8", "replace")
+        if resp.status >= 400:
+            explanation = data.get("message", "") if isinstance(data, dict) else str(data or resp.reason)
+            raise (_NotFound if resp.status == 404 else _APIError)(resp.status, explanation)
+        return data
+
+    def images(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - docker.APIClient's name
+        """List images (GET /images/json)."""
+        return self._call("GET", "/images/json", {"only_ids": 0, "all": int(all)}) or []
+
+    def containers(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002
+        """List containers, stopped ones too with all=True (GET /containers/json)."""
+        return self._call("GET", "/containers/json", {"limit": -1, "all": int(all), "size": 0, "trunc_cmd": 0}) or []
+
+    def inspect_image(self, ref: str) -> dict[str, Any]:
+        """Inspect one image by ID or tag."""
+        return self._call("GET", f"/images/{quote(ref, safe='/:')}/json")
+
+    def remove_image(self, ref: str, force: bool = False, noprune: bool = False) -> Any:
+        """Delete one image or tag (DELETE /images/{ref})."""
+        return self._call("DELETE", f"/images/{quote(ref, safe='/:')}", {"force": int(force), "noprune": int(noprune)})
+
+    def prune_builds(self, keep_storage: int | None = None, all: bool = False) -> Any:  # noqa: A002
+        """Prune the build cache (POST /build/prune)."""
+        params: dict[str, Any] = {}
+        if keep_storage is not None:
+            params["keep-storage"] = keep_storage
+        if all:
+            params["all"] = 1
+        return self._call("POST", "/build/prune", params)
+
+
+def _light_describe(exc: BaseException) -> str:
+    """Return the one-line reason facts.describe_error gives for the same failure over the docker SDK."""
+    if isinstance(exc, TimeoutError):
+        return "timed out waiting for the engine"
+    if isinstance(exc, _APIError):
+        return f"engine error {exc.status_code}: {exc.explanation or exc}"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"cannot connect: [Errno {exc.errno}] {exc.strerror}"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
 def _prune_cache(api: Any, errors: Any, keep_bytes: int) -> int:
     """Prune build cache down to ``keep_bytes`` (retrying 'prune already running'); return bytes freed."""
     for delay in (*_RETRY_DELAYS, None):
@@ -254,55 +432,89 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
+    docker_host = p["docker_host"]
+    # A plan of HostPlan's shape and a local engine need no pydantic, planner or docker SDK (see above).
+    host_plan: Any = _light_plan(p["plan"]) if p["plan"] else None
+    policy: Any = None
+    raw_policy = p["policy"]
+    if host_plan is not None and (not raw_policy or _is_str_list(raw_policy.get("protected_patterns", []))):
+        # With a given plan the policy only serves the protected-pattern re-checks (whoever made the plan
+        # validated the whole policy: the CLI does, before planning).
+        policy = _Patterns(list(raw_policy.get("protected_patterns", []))) if raw_policy else None
+        light = docker_host.startswith("unix://")
+    else:
+        host_plan = None
+        light = False
     try:
-        import docker
-        from docker import errors
+        if not light or not p["plan"]:
+            from acgs_remediate.config import parse_policy
+            from acgs_remediate.errors import RemediateError
+            from acgs_remediate.inventory import Host
+        if not light:
+            import docker
+            from docker import errors
 
-        from acgs_remediate.config import parse_policy
-        from acgs_remediate.errors import RemediateError
-        from acgs_remediate.facts import collect, describe_error
-        from acgs_remediate.inventory import Host
-        from acgs_remediate.plan import HostPlan, plan_phase1
+            from acgs_remediate.facts import describe_error
     except ImportError as exc:
         module.fail_json(msg=f"acgs_remediate/docker not importable by this module's Python: {exc}; "
                              "set ansible_python_interpreter to '{{ ansible_playbook_python }}'")
         return
+    if light:
+        errors = _LIGHT_ERRORS
+        describe_error = _light_describe
 
-    policy = None
-    if p["policy"]:
+    if host_plan is None and raw_policy:
         try:
-            policy = parse_policy(p["policy"], "the role variable docker_image_cleanup_policy")
+            policy = parse_policy(raw_policy, "the role variable docker_image_cleanup_policy")
         except RemediateError as exc:
             module.fail_json(msg=exc.message, hint=exc.hint)
             return
-    host = Host(
-        name=p["host_name"], docker_host=p["docker_host"], tls=p["tls"], validate_certs=p["validate_certs"],
-        ca_path=p["ca_path"], client_cert=p["client_cert"], client_key=p["client_key"], timeout=p["timeout"],
-    )
+    host_name = p["host_name"]
     if p["plan"]:
-        try:
-            host_plan = HostPlan.model_validate(p["plan"])
-        except ValueError as exc:
-            module.fail_json(msg=f"the plan given for {host.name} is not a phase-1 plan: {str(exc).splitlines()[0]}")
-            return
-        if host_plan.host != host.name:
-            module.fail_json(msg=f"the plan given is for host {host_plan.host}, not {host.name}")
+        if host_plan is None:
+            # Not HostPlan's exact shape: pydantic judges it (and names what is wrong).
+            from acgs_remediate.plan import HostPlan
+
+            try:
+                host_plan = HostPlan.model_validate(p["plan"])
+            except ValueError as exc:
+                module.fail_json(msg=f"the plan given for {host_name} is not a phase-1 plan: "
+                                     f"{str(exc).splitlines()[0]}")
+                return
+        if host_plan.host != host_name:
+            module.fail_json(msg=f"the plan given is for host {host_plan.host}, not {host_name}")
             return
         source = "given"
     else:
+        from acgs_remediate.facts import collect
+        from acgs_remediate.plan import plan_phase1
+
         if policy is None:
             module.fail_json(msg="no plan and no policy: set acgs_policy (or docker_image_cleanup_policy)")
             return
+        host = Host(
+            name=host_name, docker_host=docker_host, tls=p["tls"], validate_certs=p["validate_certs"],
+            ca_path=p["ca_path"], client_cert=p["client_cert"], client_key=p["client_key"], timeout=p["timeout"],
+        )
         try:
             snapshot = collect(host)
         except Exception as exc:  # an engine down is this host's failure, in one line
-            module.fail_json(msg=f"engine unreachable: {host.docker_host}: {describe_error(exc)}")
+            from acgs_remediate.facts import describe_error as describe_sdk_error
+
+            module.fail_json(msg=f"engine unreachable: {docker_host}: {describe_sdk_error(exc)}")
             return
         host_plan = plan_phase1(snapshot, policy)
         source = "computed"
 
     try:
-        api = docker.APIClient(**host.docker_client_kwargs())
+        if light:
+            api: Any = _UnixAPI(docker_host.removeprefix("unix://"), p["timeout"])
+        else:
+            api = docker.APIClient(**Host(
+                name=host_name, docker_host=docker_host, tls=p["tls"], validate_certs=p["validate_certs"],
+                ca_path=p["ca_path"], client_cert=p["client_cert"], client_key=p["client_key"],
+                timeout=p["timeout"],
+            ).docker_client_kwargs())
         applier = _Applier(api, errors, policy, module.check_mode)
         before = {a.image_id: a.tags for a in host_plan.removals()}
         for action in host_plan.removals():
@@ -319,7 +531,7 @@ def main() -> None:
     except Exception as exc:
         # Engine gone mid-run (or another engine error): this host fails; what was done is reported.
         module.fail_json(
-            msg=f"engine error on {host.docker_host}: {describe_error(exc)}",
+            msg=f"engine error on {docker_host}: {describe_error(exc)}",
             removed=applier.removed if "applier" in locals() else [],
             skipped_images=applier.skipped if "applier" in locals() else [],
         )
@@ -335,7 +547,7 @@ def main() -> None:
     lines_before = sorted(_label(i, t) for i, t in before.items() if i not in applier.already_gone)
     lines_after = sorted(_label(i, t) for i, t in before.items() if i not in done_ids and i not in applier.already_gone)
     verb = "would remove" if module.check_mode else "removed"
-    msg = (f"{host.name}: {verb} {len(done)} image(s), skipped {len(applier.skipped)}, "
+    msg = (f"{host_name}: {verb} {len(done)} image(s), skipped {len(applier.skipped)}, "
            f"already gone {len(applier.already_gone)}")
     if cache.get("planned"):
         msg += (f"; build cache {'would be pruned' if module.check_mode else 'pruned'} to "
@@ -350,7 +562,7 @@ def main() -> None:
         result["plan"] = host_plan.model_dump(mode="json")
     if module._diff:
         result["diff"] = {
-            "before_header": f"{host.name}: planned images present", "after_header": f"{host.name}: after",
+            "before_header": f"{host_name}: planned images present", "after_header": f"{host_name}: after",
             "before": "".join(f"{line}\n" for line in lines_before),
             "after": "".join(f"{line}\n" for line in lines_after),
         }
