@@ -100,6 +100,8 @@ def analyze(
     # come after the slowest engine's last answer).
     with ThreadPoolExecutor(max_workers=1) as background:
         collecting = background.submit(facts.collect_many, fleet.hosts, forks=forks, timeout=timeout)
+        import dockerfile_parse  # noqa: F401 - the doctor imports it on first use; load it now, while we wait
+
         from .. import analysis, doctor
         from ..report import HostReport, baseline_change, build_report, host_status, render, render_rich
 
