@@ -400,14 +400,21 @@ class LeanEngineAPI:
     def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
         with self._lock:
-            conn = self._idle.pop() if self._idle else self._factory()
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else self._factory()
         try:
-            conn.timeout = self.timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(self.timeout)
-            conn.request("GET", f"{self._prefix}{path}{query}")
-            resp = conn.getresponse()
-            body = resp.read()
+            resp, body = self._send(conn, f"{self._prefix}{path}{query}")
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            conn.close()
+            if not reused:
+                raise
+            # A kept-alive connection the engine had closed: a GET is safe to send again, on a new one.
+            conn = self._factory()
+            try:
+                resp, body = self._send(conn, f"{self._prefix}{path}{query}")
+            except BaseException:
+                conn.close()
+                raise
         except BaseException:
             conn.close()
             raise
@@ -423,6 +430,14 @@ class LeanEngineAPI:
                 message = body.decode(errors="replace").strip()
             raise EngineHTTPError(resp.status, message or resp.reason)
         return json.loads(body) if body else None
+
+    def _send(self, conn: http.client.HTTPConnection, target: str) -> tuple[http.client.HTTPResponse, bytes]:
+        conn.timeout = self.timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(self.timeout)
+        conn.request("GET", target)
+        resp = conn.getresponse()
+        return resp, resp.read()
 
     def version(self) -> dict[str, Any]:
         """GET /version (unversioned); later calls use the engine's own API version, as the SDK's "auto"."""
