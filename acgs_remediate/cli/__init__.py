@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from .. import __version__
 from ..errors import RemediateError
 from .common import err
 
@@ -25,6 +24,8 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
+        from .. import __version__
+
         typer.echo(f"acgs-remediate {__version__}")
         raise typer.Exit(0)
 
