@@ -1,0 +1,73 @@
+"""The phase-1 module's own argument handling (it runs without AnsiballZ, so it validates like AnsibleModule).
+
+Run as Ansible runs a WANT_JSON module: ``python module.py ARGS_FILE``; every case here fails before any
+engine is contacted, so no Docker is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from acgs_remediate.resources import roles_dir
+
+MODULE = roles_dir() / "docker_image_cleanup" / "library" / "acgs_image_cleanup.py"
+
+
+def _run(tmp_path: Path, args: object) -> tuple[int, dict]:
+    path = tmp_path / "args"
+    path.write_text(json.dumps(args))
+    proc = subprocess.run([sys.executable, str(MODULE), str(path)], capture_output=True, text=True, timeout=60)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_module_is_marked_want_json_so_ansible_skips_ansiballz() -> None:
+    head = MODULE.read_text().splitlines()[:3]
+    assert "# WANT_JSON" in head
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({}, "missing required arguments: host_name"),
+        ({"host_name": "h1", "colour": "red"}, "Unsupported parameters for (acgs_image_cleanup) module: colour"),
+        ({"host_name": "h1", "tls": "maybe"}, "argument 'tls' is of type str and we were unable to convert to bool"),
+        ({"host_name": "h1", "timeout": "soon"}, "argument 'timeout'"),
+        ({"host_name": "h1", "plan": ["not", "a", "dict"]}, "argument 'plan'"),
+        ({"host_name": "h1"}, "no plan and no policy"),
+    ],
+)
+def test_bad_arguments_fail_with_a_message_naming_them(tmp_path: Path, args: dict, expected: str) -> None:
+    rc, result = _run(tmp_path, {"_ansible_check_mode": False, **args})
+    assert rc == 1
+    assert result["failed"] is True
+    assert expected in result["msg"]
+
+
+def test_a_plan_for_another_host_is_refused_before_touching_any_engine(tmp_path: Path) -> None:
+    plan = {"host": "h2", "phase": "phase1", "planned_at": "2026-11-28T10:00:00+00:00", "actions": []}
+    rc, result = _run(tmp_path, {"host_name": "h1", "plan": plan, "docker_host": "unix:///nonexistent.sock"})
+    assert rc == 1
+    assert result["msg"] == "the plan given is for host h2, not h1"
+
+
+def test_strings_are_converted_as_ansible_converts_them(tmp_path: Path) -> None:
+    # An empty plan on an unreachable engine: nothing to remove, so nothing is asked of the engine.
+    plan = {"host": "h1", "phase": "phase1", "planned_at": "2026-11-28T10:00:00+00:00", "actions": []}
+    rc, result = _run(tmp_path, {"host_name": "h1", "plan": json.dumps(plan), "tls": "no", "timeout": "5",
+                                 "prune_build_cache": "yes", "docker_host": "unix:///nonexistent.sock",
+                                 "_ansible_check_mode": True, "_ansible_diff": True})
+    assert rc == 0, result
+    assert result["changed"] is False
+    assert result["plan_source"] == "given"
+    assert "diff" in result
+
+
+def test_arguments_file_missing_is_a_clear_failure() -> None:
+    proc = subprocess.run([sys.executable, str(MODULE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "JSON file" in json.loads(proc.stdout)["msg"]
