@@ -345,7 +345,7 @@ def phase1_cmd(
                 store.mark_running(name, PHASE1, run_id, bytes_before=_snapshot_bytes(before[name]))
             _finish_unreachable(store, run_id, unreachable, check)
         extravars = {
-            "acgs_phase1_plan": {n: p.model_dump(mode="json") for n, p in plans.items()},
+            "acgs_phase1_plan": {n: p.for_run() for n, p in plans.items()},
             "acgs_phase1_build_files": sorted(
                 {
                     a.path

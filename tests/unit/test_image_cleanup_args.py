@@ -71,3 +71,33 @@ def test_arguments_file_missing_is_a_clear_failure() -> None:
     proc = subprocess.run([sys.executable, str(MODULE)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "JSON file" in json.loads(proc.stdout)["msg"]
+
+
+def test_the_plan_the_cli_sends_takes_the_light_path() -> None:
+    # The light path (no pydantic, no docker SDK in the module process) is what keeps a fleet run fast.
+    import importlib.util
+    from datetime import UTC, datetime
+
+    from acgs_remediate.plan import Action, HostPlan, Protection
+
+    spec = importlib.util.spec_from_file_location("acgs_image_cleanup", MODULE)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plan = HostPlan(
+        host="h1", phase="phase1", planned_at=datetime.now(UTC), predicted_bytes=30,
+        actions=[
+            Action(kind="remove_image", reason="oversized", predicted_bytes=10, image_id="sha256:" + "a" * 64,
+                   tags=["big:latest"], category="oversized"),
+            Action(kind="remove_image", reason="dangling", predicted_bytes=20, image_id="sha256:" + "b" * 64,
+                   category="dangling"),
+            Action(kind="prune_build_cache", reason="over budget", keep_bytes=5),
+            Action(kind="repair_build_file", reason="missing", service="pgc", path="/src/requirements.txt"),
+        ],
+        protections=[Protection(image_id="sha256:" + "c" * 64, tags=["db:15"], reasons=["used by running x"])],
+    )
+    light = module._light_plan(json.loads(json.dumps(plan.for_run())))
+    assert light is not None
+    assert [(a.image_id, a.tags, a.predicted_bytes) for a in light.removals()] == [
+        (a.image_id, a.tags, a.predicted_bytes) for a in plan.removals()
+    ]

@@ -66,6 +66,20 @@ def test_plan_round_trips_through_json_for_extravars() -> None:
     assert again.actions[-1].kind == "repair_build_file"
 
 
+def test_the_plan_sent_to_the_playbook_keeps_every_action_exactly() -> None:
+    snapshot, policy, phase, _ = _load(CASES[0])
+    result = plan(snapshot, policy, phase, [BuildFileIssue(service="pgc", path="/src/pgc/requirements.txt",
+                                                           kind="requirements.txt")])
+    assert result.protections and result.actions
+    sent = json.loads(json.dumps(result.for_run()))
+    again = HostPlan.model_validate(sent)
+    assert again.actions == result.actions
+    assert (again.host, again.phase, again.planned_at, again.predicted_bytes) == (
+        result.host, result.phase, result.planned_at, result.predicted_bytes)
+    assert "protections" not in sent
+    assert len(json.dumps(sent)) < len(result.model_dump_json())
+
+
 def test_unknown_phase_is_refused() -> None:
     snapshot, policy, _, _ = _load(CASES[0])
     with pytest.raises(ValueError, match="unknown phase"):
