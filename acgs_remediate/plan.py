@@ -154,7 +154,12 @@ def rollback_images(snapshot: HostSnapshot, policy: Policy) -> dict[str, str]:
             continue  # not deployed here: nothing to roll back to
         # The image it runs now: the running container's, else the newest stopped one's.
         running = [c for c in containers if c.running]
-        current_c = max(running or containers, key=lambda c: c.created)
+        # Engines list creation times to the second: among containers created in the same second the one
+        # with the newer image is the current deployment (ties broken by ID, so the plan is repeatable).
+        current_c = max(
+            running or containers,
+            key=lambda c: (c.created, by_id[c.image_id].created if c.image_id in by_id else c.created, c.id),
+        )
         current = by_id.get(current_c.image_id)
         kept.setdefault(current_c.image_id, f"rollback: current image of service {service.name}")
         repo = _repository(service.image)

@@ -419,12 +419,11 @@ def _measure(hosts: list[Host], forks: int) -> dict[str, int]:
     """Return the bytes of ``_snapshot_bytes`` per host, measured with one /system/df call each."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import docker
+    from ..facts import disk_usage
 
     def one(host: Host) -> tuple[str, int | None]:
         try:
-            api = docker.APIClient(**host.docker_client_kwargs())
-            df = api.df()
+            df = disk_usage(host)
         except Exception:  # a host that went away after its run: its bytes are simply unknown
             return host.name, None
         cache = sum(int(b.get("Size") or 0) for b in df.get("BuildCache") or [] if not b.get("Shared"))
