@@ -27,19 +27,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .inventory import Host
-from .models import (
-    NONE_TAG,
-    BuildCacheFact,
-    ContainerFact,
-    EngineFact,
-    HostSnapshot,
-    ImageFact,
-    Unreachable,
-    VolumeFact,
-)
+if TYPE_CHECKING:
+    from .inventory import Host
+    from .models import EngineFact, HostSnapshot, Unreachable
+
+# The typed models (pydantic) are imported where the snapshot is built, after the engine calls: a CLI run
+# starts its engines' work first and imports pydantic while they answer (~0.1 s of a 20-host analyze).
+_NONE_TAG = "<none>:<none>"  # models.NONE_TAG
 
 T = TypeVar("T")
 
@@ -297,7 +293,7 @@ def _ts(value: Any) -> datetime | None:
 
 def _normalise_tags(tags: list[str] | None) -> list[str]:
     # 20.10 lists dangling images as ["<none>:<none>"], newer engines as [].
-    return [t for t in (tags or []) if t and t != NONE_TAG]
+    return [t for t in (tags or []) if t and t != _NONE_TAG]
 
 
 def _normalise_digests(digests: list[str] | None) -> list[str]:
@@ -358,9 +354,16 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
-def _engine_fact(info: dict[str, Any], version: dict[str, Any], docker_host: str) -> EngineFact:
+def _image_store(info: dict[str, Any]) -> str:
+    """Return "containerd" for Docker 29's containerd image store, else "graphdriver" (from /info)."""
     driver_status = {str(k): str(v) for k, v in (info.get("DriverStatus") or [])}
-    containerd_store = "snapshotter" in driver_status.get("driver-type", "")
+    return "containerd" if "snapshotter" in driver_status.get("driver-type", "") else "graphdriver"
+
+
+def _engine_fact(info: dict[str, Any], version: dict[str, Any], docker_host: str) -> EngineFact:
+    from .models import EngineFact
+
+    containerd_store = _image_store(info) == "containerd"
     data_root = str(info.get("DockerRootDir") or "")
     approximate: list[str] = []
     if containerd_store:
@@ -584,17 +587,17 @@ def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None =
         containers_future = pool.submit(_containers, api)
         info = api.info()
         version = api.version() if version_future is None else version_future.result()
-        engine = _engine_fact(info, version, host.docker_host)
         # Calls that walk every layer get more time on hosts with many images (info counts them all).
         api.timeout = base_timeout + _TIMEOUT_PER_IMAGE * _non_negative_int(info.get("Images"))
 
         # The containerd store reports sizes differently: no shortcuts there.
-        graphdriver = engine.image_store == "graphdriver"
+        graphdriver = _image_store(info) == "graphdriver"
+        storage_driver = str(info.get("Driver") or "")
         cache = LayerCache.for_host(host) if graphdriver else None
         cached = cache.chains if cache else {}
         shared = memo if graphdriver else None
         if shared is not None and cache is not None:
-            shared.add(engine.storage_driver, cache.chains, cache.sizes)
+            shared.add(storage_driver, cache.chains, cache.sizes)
 
         def inspect_chains(image_id: str) -> list[str]:
             return chain_ids((api.inspect_image(image_id).get("RootFS") or {}).get("Layers") or [])
@@ -629,10 +632,10 @@ def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None =
     raw_images = [pair for pair in inspected if pair is not None]
     df_images = {i["Id"]: i for i in (df.get("Images") or [])}
 
-    known = {**(cache.sizes if cache else {}), **(shared.sizes(engine.storage_driver) if shared is not None else {})}
+    known = {**(cache.sizes if cache else {}), **(shared.sizes(storage_driver) if shared is not None else {})}
     layer_sizes, approximate, exact_sizes = _layer_sizes(api, raw_images, derive=graphdriver, known=known)
     if shared is not None:
-        shared.add(engine.storage_driver, {item["Id"]: layers for item, layers in raw_images}, exact_sizes)
+        shared.add(storage_driver, {item["Id"]: layers for item, layers in raw_images}, exact_sizes)
     if cache is not None:
         current = {c for _, layers in raw_images for c in layers}
         cache.save(
@@ -640,6 +643,9 @@ def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None =
             {c: n for c, n in exact_sizes.items() if c in current},
         )
 
+    from .models import BuildCacheFact, ContainerFact, HostSnapshot, ImageFact, VolumeFact
+
+    engine = _engine_fact(info, version, host.docker_host)
     images: list[ImageFact] = []
     # Newest first like `docker images`, ties by ID: the engine's own order varies between calls.
     raw_images.sort(key=lambda pair: (-int(pair[0].get("Created") or 0), pair[0]["Id"]))
@@ -692,7 +698,7 @@ def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None =
         collected_at=collected_at,
         engine=engine,
         images=images,
-        containers=containers,
+        containers=[ContainerFact(**c) for c in containers],
         volumes=volumes,
         build_cache=build_cache,
         layer_sizes=layer_sizes,
@@ -800,7 +806,7 @@ def _size_layers(
     return sizes, reasons, {c: n for c, n in sizes.items() if c not in guessed}
 
 
-def _containers(api: Any) -> list[ContainerFact]:
+def _containers(api: Any) -> list[dict[str, Any]]:
     """Return every container, running or stopped, from the engine's listing.
 
     The listing carries all a container fact needs; an inspect is made only for a container whose image
@@ -808,7 +814,7 @@ def _containers(api: Any) -> list[ContainerFact]:
     it was created from, and the rollback rules need that reference). It used to be one inspect per
     container: ~1 ms of engine CPU each, a third of a warm analyze's engine time.
     """
-    result: list[ContainerFact] = []
+    result: list[dict[str, Any]] = []  # ContainerFact's fields (built with the snapshot, see the imports)
     for item in api.containers(all=True):
         listed_ref = str(item.get("Image") or "")
         started = finished = None
@@ -825,18 +831,18 @@ def _containers(api: Any) -> list[ContainerFact]:
             started, finished = _ts(state.get("StartedAt")), _ts(state.get("FinishedAt"))
         names = item.get("Names") or []
         result.append(
-            ContainerFact(
-                id=str(item["Id"]),
-                name=str(names[0] if names else "").lstrip("/"),
-                image_id=str(item.get("ImageID") or ""),
-                image_ref=image_ref,
-                state=str(item.get("State") or "unknown"),
-                created=_ts(item.get("Created")) or _EPOCH,
-                started_at=started,
-                finished_at=finished,
-                labels=dict(item.get("Labels") or {}),
-                volumes=[m["Name"] for m in item.get("Mounts") or [] if m.get("Type") == "volume" and m.get("Name")],
-            )
+            {
+                "id": str(item["Id"]),
+                "name": str(names[0] if names else "").lstrip("/"),
+                "image_id": str(item.get("ImageID") or ""),
+                "image_ref": image_ref,
+                "state": str(item.get("State") or "unknown"),
+                "created": _ts(item.get("Created")) or _EPOCH,
+                "started_at": started,
+                "finished_at": finished,
+                "labels": dict(item.get("Labels") or {}),
+                "volumes": [m["Name"] for m in item.get("Mounts") or [] if m.get("Type") == "volume" and m.get("Name")],
+            }
         )
     return result
 
@@ -887,6 +893,8 @@ def collect_many(
             try:
                 snapshots[name] = future.result()
             except Exception as exc:  # one bad host must not stop the others
+                from .models import Unreachable
+
                 where = next(h.docker_host for h in hosts if h.name == name)
                 unreachable.append(Unreachable(host=name, reason=f"{where}: {describe_error(exc)}"))
     return snapshots, unreachable
