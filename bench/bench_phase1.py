@@ -9,7 +9,7 @@ Run: ``python -m bench phase1`` (root, dockerd). Same run, same freshly seeded f
       docker SDK (no facts, no checks, no ledger).
 Then (D) ``acgs-remediate phase1 --yes`` over the finished fleet (ledger skip).
 Targets from the issue: A <= 3x C; D <= 2 s for 20 hosts. Writes bench/results/phase1.md.
-Environment: ACGS_BENCH_HOSTS (default 20), ACGS_BENCH_FORKS (default 10),
+Environment: ACGS_BENCH_HOSTS (default 20), ACGS_BENCH_FORKS (default: the host count), ACGS_BENCH_REPEAT (default 3),
 ACGS_BENCH_P1_DIR (default /var/lib/acgs-b1).
 """
 
@@ -34,7 +34,6 @@ from acgs_remediate.scenario import load_scenario, prepare_sources
 
 RESULTS = Path(__file__).parent / "results" / "phase1.md"
 TIMINGS: dict[str, float] = {}
-FIRST_TIMINGS: dict[str, float] = {}
 CLI = str(Path(sys.executable).parent / "acgs-remediate")
 REPORT_RMI = [
     "rocm/pytorch:latest",
@@ -113,64 +112,77 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    """Run the four measurements on one fleet and write bench/results/phase1.md."""
+    """Run the measurements on one fleet, ACGS_BENCH_REPEAT rounds of (A) and (C), and write bench/results/phase1.md."""
     n = int(os.environ.get("ACGS_BENCH_HOSTS", "20"))
-    forks = int(os.environ.get("ACGS_BENCH_FORKS", "10"))
+    forks = int(os.environ.get("ACGS_BENCH_FORKS") or n)  # one fork per host, as `--forks N` for N hosts
+    repeat = max(1, int(os.environ.get("ACGS_BENCH_REPEAT", "3")))
     sb = Sandbox(os.environ.get("ACGS_BENCH_P1_DIR", "/var/lib/acgs-b1"))
     scenario = load_scenario("acgs-1")
     t_up = _timed(lambda: sb.up(n, "acgs-1"))
     print(f"fleet of {n} hosts up in {t_up:.1f} s", flush=True)
+    rounds: list[tuple[float, float, dict[str, float]]] = []
+    t_d = t_b = 0.0
     try:
         plans = _plans(sb)
         n_images = sum(len(p.removals()) for p in plans.values())
-        with tempfile.TemporaryDirectory() as tmp:
-            state = Path(tmp) / "state.db"
-            prepare_sources(scenario, sb.sources_root)
-            t_a = _timed(lambda: _cli(sb, state, forks))
-            FIRST_TIMINGS.update(TIMINGS)
-            print(f"(A) acgs-remediate phase1: {t_a:.1f} s", flush=True)
-            t_d = _timed(lambda: _cli(sb, state, forks))
-            print(f"(D) re-run, finished fleet: {t_d:.2f} s", flush=True)
+        for i in range(repeat):
+            # (A) and (C) alternate on a freshly seeded fleet, so both see the same machine load.
+            if i:
+                sb.reseed()
+            with tempfile.TemporaryDirectory() as tmp:
+                state = Path(tmp) / "state.db"
+                prepare_sources(scenario, sb.sources_root)
+                t_a = _timed(lambda s=state: _cli(sb, s, forks))
+                inside = dict(TIMINGS)
+                print(f"round {i + 1}: (A) acgs-remediate phase1: {t_a:.2f} s", flush=True)
+                if i == 0:
+                    t_d = _timed(lambda s=state: _cli(sb, s, forks))
+                    print(f"(D) re-run, finished fleet: {t_d:.2f} s", flush=True)
+            sb.reseed()
+            t_c = _timed(lambda: _floor(sb, plans))
+            print(f"round {i + 1}: (C) direct API, parallel (floor): {t_c:.2f} s -> {t_a / t_c:.2f}x", flush=True)
+            rounds.append((t_a, t_c, inside))
         sb.reseed()
         t_b = _timed(lambda: _report_loop(sb))
         print(f"(B) report's commands, shell loop: {t_b:.1f} s", flush=True)
-        sb.reseed()
-        t_c = _timed(lambda: _floor(sb, plans))
-        print(f"(C) direct API, parallel (floor): {t_c:.1f} s", flush=True)
     finally:
         sb.down()
-    rows = [
-        ("(A) `acgs-remediate phase1 --yes`", t_a, t_a / t_c),
-        ("(B) the report's commands, host by host (shell loop)", t_b, t_b / t_c),
-        ("(C) direct Docker API script, all hosts in parallel (floor)", t_c, 1.0),
-        ("(D) `acgs-remediate phase1 --yes` again, finished fleet (ledger skip)", t_d, None),
-    ]
+    ratios = sorted(a / c for a, c, _ in rounds)
+    median_ratio = ratios[len(ratios) // 2]
+    t_a_med = sorted(a for a, _, _ in rounds)[len(rounds) // 2]
+    t_c_med = sorted(c for _, c, _ in rounds)[len(rounds) // 2]
     lines = [
         "# Phase 1 benchmark",
         "",
-        f"Command: `python -m bench phase1` (ACGS_BENCH_HOSTS={n}, ACGS_BENCH_FORKS={forks}); "
-        f"{time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.1f} at the end (a shared machine: other work competes for the CPU).",
+        f"Command: `python -m bench phase1` (ACGS_BENCH_HOSTS={n}, ACGS_BENCH_FORKS={forks}, "
+        f"ACGS_BENCH_REPEAT={repeat}); {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} at the end (the 20 engines themselves load the machine).",
         "",
         f"Fleet: {n} sandbox hosts (scenario acgs-1, freshly seeded before each contender); "
-        f"{n_images} image removals planned in total.",
+        f"{n_images} image removals planned in total. (A) and (C) alternate, {repeat} rounds.",
         "",
-        "| contender | seconds | x floor |",
+        "| contender | seconds (median) | x floor |",
         "|---|---:|---:|",
+        f"| (A) `acgs-remediate phase1 --yes` | {t_a_med:.2f} | {median_ratio:.2f}x (median of the rounds' ratios) |",
+        f"| (B) the report's commands, host by host (shell loop) | {t_b:.2f} | {t_b / t_c_med:.2f}x |",
+        f"| (C) direct Docker API script, all hosts in parallel (floor) | {t_c_med:.2f} | 1.00x |",
+        f"| (D) `acgs-remediate phase1 --yes` again, finished fleet (ledger skip) | {t_d:.2f} | |",
+        "",
+        "| round | (A) s | (C) s | (A)/(C) | inside (A): facts+plan / playbook / measure |",
+        "|---|---:|---:|---:|---|",
     ]
-    lines += [
-        f"| {label} | {sec:.2f} | {'' if ratio is None else f'{ratio:.1f}x'} |" for label, sec, ratio in rows
-    ]
+    for i, (a, c, inside) in enumerate(rounds, 1):
+        keys = ("facts_and_plan", "playbook", "measure_after")
+        parts = " / ".join(f"{inside.get(k, float('nan')):.2f}" for k in keys)
+        lines.append(f"| {i} | {a:.2f} | {c:.2f} | {a / c:.2f}x | {parts} |")
     lines += [
         "",
-        f"- (A)/(C) = {t_a / t_c:.1f}x (target <= 3x). (A) includes reading facts on every host before "
-        "and after, "
-        "planning, the ansible-runner run (one module call applies each host's plan) and the ledger.",
-        f"- (A)/(B) = {t_a / t_b:.2f}x: the report's loop does less (no checks, no plan, no build files) and "
-        "removes a different set (it cannot protect the dangling image a stopped container uses).",
+        f"- (A)/(C) median = {median_ratio:.2f}x (target <= 3x). (A) is the whole CLI: start-up, inventory, facts "
+        "on every host, planning, the ansible-runner playbook run (one module call applies each host's plan), "
+        "one /system/df per host after, the ledger.",
+        f"- (B) = {t_b:.2f} s: the report's loop does less (no checks, no plan, no build files) and removes a "
+        "different set (it cannot protect the dangling image a stopped container uses).",
         f"- (D) = {t_d:.2f} s for {n} hosts (target <= 2 s).",
-        f"- Inside (A), seconds: {json.dumps(FIRST_TIMINGS)} (facts + plan on every host, the ansible-runner "
-        "playbook run, /system/df per host after); the rest: Python/ansible start-up, inventory.",
         "",
     ]
     RESULTS.parent.mkdir(exist_ok=True)
