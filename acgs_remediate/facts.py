@@ -42,6 +42,8 @@ T = TypeVar("T")
 # Seconds added to the base timeout per image for calls whose cost grows with the image count
 # (/system/df walks every layer; it is reported to take minutes on big hosts).
 _TIMEOUT_PER_IMAGE = 0.05
+# A warm read's /system/df is sent before /info counts the images: its timeout allows at least this many.
+_TIMEOUT_IMAGES_FLOOR = 1000
 _RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 # Requests in flight per host (the docker SDK pools 10 connections per client).
 _PER_HOST_REQUESTS = 4
@@ -114,7 +116,8 @@ class FleetMemo:
 
     Both answers are content-addressed (see LayerCache), so an image one engine has described needs no
     inspect on the next engine that holds it: a fleet deploying the same images is inspected once per
-    distinct image, not once per host and image. The first host to ask for an image inspects it; hosts
+    distinct image, not once per host and image (and its history, which sizes its layers, read once per
+    storage driver). The first host to ask for an image inspects it; hosts
     asking meanwhile wait for that answer (at most ``wait`` seconds) and inspect it themselves if it fails.
     Only engines with a graph-driver store share, and layer sizes only between engines with the same
     storage driver (each driver measures a diff its own way; chain IDs are the same on all of them).
@@ -123,45 +126,51 @@ class FleetMemo:
     def __init__(self, wait: float = 60.0) -> None:
         self.wait = wait
         self._lock = threading.Lock()
-        self._chains: dict[str, list[str]] = {}
-        self._pending: dict[str, Future[list[str]]] = {}
+        self._answers: dict[tuple[str, ...], Any] = {}
+        self._pending: dict[tuple[str, ...], Future[Any]] = {}
         self._sizes: dict[str, dict[str, int]] = {}  # storage driver -> chain ID -> bytes
 
     def chains(self, image_id: str, inspect: Callable[[], list[str]]) -> list[str]:
         """Return ``image_id``'s chain IDs: known, another host's answer, or ``inspect()``'s."""
+        return self._once(("chains", image_id), inspect)
+
+    def history(self, driver: str, image_id: str, fetch: Callable[[], Any]) -> Any:
+        """Return ``image_id``'s /history answer as ``driver`` engines give it (its sizes are the driver's)."""
+        return self._once(("history", driver, image_id), fetch)
+
+    def _once(self, key: tuple[str, ...], fetch: Callable[[], Any]) -> Any:
         with self._lock:
-            known = self._chains.get(image_id)
-            if known is not None:
-                return known
-            pending = self._pending.get(image_id)
+            if key in self._answers:
+                return self._answers[key]
+            pending = self._pending.get(key)
             if pending is None:
-                mine: Future[list[str]] = Future()
-                self._pending[image_id] = mine
+                mine: Future[Any] = Future()
+                self._pending[key] = mine
         if pending is not None:
             try:
                 return pending.result(timeout=self.wait)
             except Exception:  # the other engine failed or is slow: ask ours
-                layers = inspect()
+                answer = fetch()
                 with self._lock:
-                    return self._chains.setdefault(image_id, layers)
+                    return self._answers.setdefault(key, answer)
         try:
-            layers = inspect()
+            answer = fetch()
         except BaseException as exc:
             with self._lock:
-                self._pending.pop(image_id, None)
+                self._pending.pop(key, None)
             mine.set_exception(exc)
             raise
         with self._lock:
-            self._chains[image_id] = layers
-            self._pending.pop(image_id, None)
-        mine.set_result(layers)
-        return layers
+            self._answers[key] = answer
+            self._pending.pop(key, None)
+        mine.set_result(answer)
+        return answer
 
     def add(self, driver: str, chains: dict[str, list[str]], sizes: dict[str, int]) -> None:
         """Learn chain IDs and exact layer sizes measured by ``driver`` (a host's cache, or a host's read)."""
         with self._lock:
             for image_id, layers in chains.items():
-                self._chains.setdefault(image_id, layers)
+                self._answers.setdefault(("chains", image_id), layers)
             self._sizes.setdefault(driver, {}).update(sizes)
 
     def sizes(self, driver: str) -> dict[str, int]:
@@ -577,23 +586,29 @@ def disk_usage(host: Host, timeout: float | None = None) -> dict[str, Any]:
 
 def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None = None) -> HostSnapshot:
     collected_at = datetime.now(UTC)
-    # A few requests in flight overlap the engine's work with ours. /info and the containers go out
-    # together (unversioned paths answer in the engine's own API version, as the SDK's "auto" would);
-    # the calls that walk every layer wait for /info, whose image count sets their timeout.
+    # A few requests in flight overlap the engine's work with ours.
+    cache = LayerCache.for_host(host)
     with ThreadPoolExecutor(max_workers=_PER_HOST_REQUESTS) as pool:
         # The lean client reads the API version off /info's answer; the SDK asks /version.
         lean = isinstance(api, LeanEngineAPI)
         version_future = None if lean else pool.submit(api.version)
-        containers_future = pool.submit(_containers, api)
+        df_future = None
+        if cache is not None and cache.chains:
+            # Warm (a host read before): /system/df, the one call that walks every layer, goes out with
+            # /info instead of after it. Its timeout cannot wait for /info's image count: it comes from the
+            # images of the last read, with room for many more.
+            api.timeout = base_timeout + _TIMEOUT_PER_IMAGE * max(len(cache.chains), _TIMEOUT_IMAGES_FLOOR)
+            df_future = pool.submit(_retry, api.df)
         info = api.info()
         version = api.version() if version_future is None else version_future.result()
         # Calls that walk every layer get more time on hosts with many images (info counts them all).
-        api.timeout = base_timeout + _TIMEOUT_PER_IMAGE * _non_negative_int(info.get("Images"))
+        api.timeout = max(api.timeout, base_timeout + _TIMEOUT_PER_IMAGE * _non_negative_int(info.get("Images")))
 
         # The containerd store reports sizes differently: no shortcuts there.
         graphdriver = _image_store(info) == "graphdriver"
         storage_driver = str(info.get("Driver") or "")
-        cache = LayerCache.for_host(host) if graphdriver else None
+        if not graphdriver:
+            cache = None
         cached = cache.chains if cache else {}
         shared = memo if graphdriver else None
         if shared is not None and cache is not None:
@@ -615,25 +630,36 @@ def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None =
                     return None  # removed between list and inspect
                 raise
 
-        if cached:
+        if df_future is not None and cached:
             # Warm: /system/df lists the same images as /images/json (both are the engine's top-level image
             # list; df adds SharedSize), and few inspects follow, so the list call is pure cost: it was
             # 0.17 s of the 20 engines' CPU per run, where `docker system df -v` costs them 0.4 s in all.
-            df = _retry(api.df)
+            df = df_future.result()
             listed = df.get("Images") or []
             inspected = list(pool.map(inspect_layers, listed))
         else:
             # Cold: list first so that the inspects (the bulk of the calls) run while df walks the layers.
-            df_future = pool.submit(_retry, api.df)
+            if df_future is None:
+                df_future = pool.submit(_retry, api.df)
             listed = api.images()
             inspected = list(pool.map(inspect_layers, listed))
             df = df_future.result()
-        containers = containers_future.result()
+        # /system/df lists every container, running or stopped, as /containers/json?all=1 does (same
+        # fields, plus sizes): no separate listing.
+        containers = _containers(api, df.get("Containers") or [])
     raw_images = [pair for pair in inspected if pair is not None]
     df_images = {i["Id"]: i for i in (df.get("Images") or [])}
 
     known = {**(cache.sizes if cache else {}), **(shared.sizes(storage_driver) if shared is not None else {})}
-    layer_sizes, approximate, exact_sizes = _layer_sizes(api, raw_images, derive=graphdriver, known=known)
+    history = None
+    if shared is not None:
+
+        def history(image_id: str) -> Any:
+            return shared.history(storage_driver, image_id, lambda: api.history(image_id))
+
+    layer_sizes, approximate, exact_sizes = _layer_sizes(
+        api, raw_images, derive=graphdriver, known=known, history=history
+    )
     if shared is not None:
         shared.add(storage_driver, {item["Id"]: layers for item, layers in raw_images}, exact_sizes)
     if cache is not None:
@@ -711,6 +737,7 @@ def _layer_sizes(
     raw_images: list[tuple[dict[str, Any], list[str]]],
     derive: bool = True,
     known: dict[str, int] | None = None,
+    history: Callable[[str], Any] | None = None,
 ) -> tuple[dict[str, int], list[str], dict[str, int]]:
     """Return chain ID -> bytes for the images' layers, why they are approximate (if so), and the exact sizes.
 
@@ -750,16 +777,17 @@ def _layer_sizes(
         if sum(1 for c in set(layers) if holders[c] == 1 and c not in sizes) >= 2
     ]
     prefetch = ThreadPoolExecutor(max_workers=_PER_HOST_REQUESTS) if len(needs_history) > 1 else None
-    prefetched = {ident: prefetch.submit(api.history, ident) for ident in needs_history} if prefetch else {}
+    history = history or api.history
+    prefetched = {ident: prefetch.submit(history, ident) for ident in needs_history} if prefetch else {}
     try:
-        return _size_layers(api, raw_images, derive, sizes, guessed, approx_images, counter, prefetched)
+        return _size_layers(history, raw_images, derive, sizes, guessed, approx_images, counter, prefetched)
     finally:
         if prefetch is not None:
             prefetch.shutdown(wait=True, cancel_futures=True)
 
 
 def _size_layers(
-    api: Any,
+    history_of: Callable[[str], Any],
     raw_images: list[tuple[dict[str, Any], list[str]]],
     derive: bool,
     sizes: dict[str, int],
@@ -781,7 +809,7 @@ def _size_layers(
                 continue
         try:
             future = prefetched.get(item["Id"])
-            history = future.result() if future is not None else api.history(item["Id"])
+            history = future.result() if future is not None else history_of(item["Id"])
         except Exception as exc:
             if _not_found(exc):
                 continue
@@ -806,8 +834,8 @@ def _size_layers(
     return sizes, reasons, {c: n for c, n in sizes.items() if c not in guessed}
 
 
-def _containers(api: Any) -> list[dict[str, Any]]:
-    """Return every container, running or stopped, from the engine's listing.
+def _containers(api: Any, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return every container, running or stopped, from the engine's listing (``listed``).
 
     The listing carries all a container fact needs; an inspect is made only for a container whose image
     reference no longer resolves to its image (the engine then lists the image ID instead of the reference
@@ -815,7 +843,7 @@ def _containers(api: Any) -> list[dict[str, Any]]:
     container: ~1 ms of engine CPU each, a third of a warm analyze's engine time.
     """
     result: list[dict[str, Any]] = []  # ContainerFact's fields (built with the snapshot, see the imports)
-    for item in api.containers(all=True):
+    for item in listed:
         listed_ref = str(item.get("Image") or "")
         started = finished = None
         image_ref = listed_ref
