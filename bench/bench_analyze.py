@@ -98,18 +98,23 @@ def bench_fleet(hosts: int, scenario: str, directory: Path, repeat: int) -> dict
     up_seconds = time.monotonic() - t0
     names = [Sandbox.host_name(i) for i in range(hosts)]
     docker_hosts = [sb.docker_host(n) for n in names]
-    cold, warm, theirs = [], [], []
+    cold, engines_cold, warm, theirs = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        cache = str(Path(tmp) / "layers")
-        _analyze_cli(sb.inventory_path, hosts, Path(tmp) / "warm.db", cache)  # page cache + layer cache warm
+        cache = str(Path(tmp) / "warm-cache")
+        _analyze_cli(sb.inventory_path, hosts, Path(tmp) / "warm.db", cache)  # page cache + both caches warm
         _parallel_df(docker_hosts)
         for i in range(repeat):
             theirs.append(_parallel_df(docker_hosts))
-            cold.append(_analyze_cli(sb.inventory_path, hosts, Path(tmp) / f"c{i}.db", "off"))
+            # First run ever: empty cache dir (inventory read through ansible, every distinct image inspected).
+            cold.append(_analyze_cli(sb.inventory_path, hosts, Path(tmp) / f"c{i}.db", str(Path(tmp) / f"c{i}")))
+            # Engines cold: the inventory cache of an earlier run, no layer cache (new images everywhere).
+            fresh = Path(tmp) / f"e{i}"
+            shutil.copytree(Path(cache) / "inventory", fresh / "inventory")
+            engines_cold.append(_analyze_cli(sb.inventory_path, hosts, Path(tmp) / f"e{i}.db", str(fresh)))
             warm.append(_analyze_cli(sb.inventory_path, hosts, Path(tmp) / f"w{i}.db", cache))
     from acgs_remediate.inventory import load_fleet
 
-    # Where the CLI's time goes: start-up + inventory (ansible's loader), facts, pure analysis.
+    # Where the CLI's time goes: start-up + inventory (ansible's loader, cache off), facts, pure analysis.
     t0 = time.monotonic()
     subprocess.run(
         [
@@ -142,6 +147,8 @@ def bench_fleet(hosts: int, scenario: str, directory: Path, repeat: int) -> dict
         "up_seconds": up_seconds,
         "images_per_host": images,
         "analyze": statistics.median(cold),
+        "engines_cold": statistics.median(engines_cold),
+        "engines_cold_all": engines_cold,
         "warm": statistics.median(warm),
         "df": statistics.median(theirs),
         "analyze_all": cold,
@@ -353,8 +360,10 @@ def main() -> None:
         fleet = bench_fleet(hosts, scenario, base / "f", repeat)
         ratio = fleet["analyze"] / fleet["df"]
         warm_ratio = fleet["warm"] / fleet["df"]
+        ec_ratio = fleet["engines_cold"] / fleet["df"]
         verdict = "ok" if ratio <= 2 else "OVER the 2x target"
         warm_verdict = "ok" if warm_ratio <= 2 else "OVER the 2x target"
+        ec_verdict = "ok" if ec_ratio <= 2 else "OVER the 2x target"
         print(
             f"(a) {hosts} hosts x {fleet['images_per_host']} images: analyze cold {fleet['analyze']:.2f} s, "
             f"warm {fleet['warm']:.2f} s; parallel `docker system df -v` {fleet['df']:.2f} s; ratio cold "
@@ -367,15 +376,19 @@ def main() -> None:
             "",
             "Whole CLI each time (`acgs-remediate analyze --format json --forks N`: start-up, inventory, "
             "facts, "
-            "analysis, doctor, state store). *Cold*: layer cache off (`ACGS_REMEDIATE_CACHE_DIR=off`), one "
-            "inspect per image. *Warm*: the content-addressed layer cache of an earlier run (a scheduled "
-            "re-analysis), only new images inspected. Runs alternate in one session.",
+            "analysis, doctor, state store). *First run*: an empty cache directory (the inventory read "
+            "through ansible's loader, each distinct image inspected once for the fleet). *Engines cold*: the "
+            "inventory cache of an earlier run but no layer cache (new images on every host). *Warm*: both "
+            "caches of an earlier run (a scheduled re-analysis; only new images inspected). Runs alternate "
+            "in one session.",
             "",
             "| measure | median | runs | ratio to df |",
             "|---|---:|---|---:|",
-            f"| analyze, cold | {fleet['analyze']:.2f} s | "
+            f"| analyze, first run | {fleet['analyze']:.2f} s | "
             f"{', '.join(f'{x:.2f}' for x in fleet['analyze_all'])} "
             f"| **{ratio:.2f}x** ({verdict}) |",
+            f"| analyze, engines cold | {fleet['engines_cold']:.2f} s | "
+            f"{', '.join(f'{x:.2f}' for x in fleet['engines_cold_all'])} | **{ec_ratio:.2f}x** ({ec_verdict}) |",
             f"| analyze, warm | {fleet['warm']:.2f} s | {', '.join(f'{x:.2f}' for x in fleet['warm_all'])} "
             f"| **{warm_ratio:.2f}x** ({warm_verdict}) |",
             f"| {hosts} x `docker -H … system df -v` in parallel | {fleet['df']:.2f} s | "
@@ -385,7 +398,8 @@ def main() -> None:
             "",
             "Where analyze's time goes (measured separately, same fleet):",
             "",
-            f"- Python start-up + CLI import + inventory through ansible's loader: {fleet['startup']:.2f} s",
+            f"- Python start-up + CLI import + inventory through ansible's loader (no cache): "
+            f"{fleet['startup']:.2f} s",
             f"- facts from all {hosts} engines in-process, cold (`collect_many`, forks {hosts}): "
             f"{fleet['collect']:.2f} s",
             f"- pure analysis of all {hosts} snapshots: {fleet['pure']:.2f} s",
@@ -402,6 +416,8 @@ def main() -> None:
 
     many = None
     try:
+        if count <= 0:
+            raise RuntimeError("skipped (ACGS_BENCH_IMAGES=0)")
         many = bench_many_images(base / "m", count)
         verdict = "ok" if many["beyond_api"] <= 1 else "OVER the 1 s target"
         print(
