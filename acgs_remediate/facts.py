@@ -329,6 +329,14 @@ def _retry(call: Callable[[], T], delays: tuple[float, ...] = _RETRY_DELAYS) -> 
     return call()
 
 
+def _is_timeout(exc: BaseException) -> bool:
+    """Return whether ``exc`` is a request that timed out (lean client or docker SDK)."""
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return True
+    name = type(exc).__name__
+    return name in ("ReadTimeout", "ReadTimeoutError", "ConnectTimeout", "Timeout")
+
+
 def describe_error(exc: BaseException) -> str:
     """Return a one-line reason for a failure talking to an engine (no traceback, no URL noise)."""
     if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
@@ -592,13 +600,12 @@ def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None =
         # The lean client reads the API version off /info's answer; the SDK asks /version.
         lean = isinstance(api, LeanEngineAPI)
         version_future = None if lean else pool.submit(api.version)
-        df_future = None
-        if cache is not None and cache.chains:
-            # Warm (a host read before): /system/df, the one call that walks every layer, goes out with
-            # /info instead of after it. Its timeout cannot wait for /info's image count: it comes from the
-            # images of the last read, with room for many more.
-            api.timeout = base_timeout + _TIMEOUT_PER_IMAGE * max(len(cache.chains), _TIMEOUT_IMAGES_FLOOR)
-            df_future = pool.submit(_retry, api.df)
+        # /system/df, the one call that walks every layer, goes out with /info instead of after it. Its
+        # timeout cannot wait for /info's image count: it allows the images of the last read (if any) and
+        # many more; a host with more images than that whose df times out is asked again with its own.
+        hinted = max(len(cache.chains) if cache is not None else 0, _TIMEOUT_IMAGES_FLOOR)
+        api.timeout = base_timeout + _TIMEOUT_PER_IMAGE * hinted
+        df_future = pool.submit(_retry, api.df)
         info = api.info()
         version = api.version() if version_future is None else version_future.result()
         # Calls that walk every layer get more time on hosts with many images (info counts them all).
@@ -630,20 +637,17 @@ def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None =
                     return None  # removed between list and inspect
                 raise
 
-        if df_future is not None and cached:
-            # Warm: /system/df lists the same images as /images/json (both are the engine's top-level image
-            # list; df adds SharedSize), and few inspects follow, so the list call is pure cost: it was
-            # 0.17 s of the 20 engines' CPU per run, where `docker system df -v` costs them 0.4 s in all.
+        try:
             df = df_future.result()
-            listed = df.get("Images") or []
-            inspected = list(pool.map(inspect_layers, listed))
-        else:
-            # Cold: list first so that the inspects (the bulk of the calls) run while df walks the layers.
-            if df_future is None:
-                df_future = pool.submit(_retry, api.df)
-            listed = api.images()
-            inspected = list(pool.map(inspect_layers, listed))
-            df = df_future.result()
+        except Exception as exc:
+            if not (_is_timeout(exc) and _non_negative_int(info.get("Images")) > hinted):
+                raise
+            df = _retry(api.df)  # api.timeout now allows for every image /info counted
+        # /system/df lists the same images as /images/json (both are the engine's top-level image list; df
+        # adds SharedSize): no separate listing. Few inspects follow: the layer cache and the other hosts of
+        # the fleet read (FleetMemo) have described most images.
+        listed = df.get("Images") or []
+        inspected = list(pool.map(inspect_layers, listed))
         # /system/df lists every container, running or stopped, as /containers/json?all=1 does (same
         # fields, plus sizes): no separate listing.
         containers = _containers(api, df.get("Containers") or [])
