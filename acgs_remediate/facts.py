@@ -523,8 +523,8 @@ class LeanEngineAPI:
     def info(self) -> dict[str, Any]:
         return self._get("/info")
 
-    def images(self) -> list[dict[str, Any]]:
-        return self._get("/images/json", {"only_ids": "0", "all": "0"})
+    def images(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the SDK's name
+        return self._get("/images/json", {"only_ids": "0", "all": "1" if all else "0"})
 
     def df(self) -> dict[str, Any]:
         return self._get("/system/df")
@@ -647,7 +647,11 @@ def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None =
         # adds SharedSize): no separate listing. Few inspects follow: the layer cache and the other hosts of
         # the fleet read (FleetMemo) have described most images.
         listed = df.get("Images") or []
+        # Parent links exist only for classic-builder images: then (only) the intermediate images are
+        # listed too, so that a removal blocked by a child image is known before the run.
+        parents_future = pool.submit(_image_parents, api) if any(i.get("ParentId") for i in listed) else None
         inspected = list(pool.map(inspect_layers, listed))
+        image_parents = parents_future.result() if parents_future is not None else {}
         # /system/df lists every container, running or stopped, as /containers/json?all=1 does (same
         # fields, plus sizes): no separate listing.
         containers = _containers(api, df.get("Containers") or [])
@@ -692,6 +696,7 @@ def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None =
                 shared_size=int(shared) if shared is not None and int(shared) >= 0 else None,
                 layers=layers,
                 labels=dict(item.get("Labels") or {}),
+                parent_id=str(item.get("ParentId") or ""),
             )
         )
 
@@ -733,6 +738,7 @@ def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None =
         build_cache=build_cache,
         layer_sizes=layer_sizes,
         df_layers_size=int(df_layers) if df_layers is not None else None,
+        image_parents=image_parents,
     )
 
 
@@ -877,6 +883,13 @@ def _containers(api: Any, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return result
+
+
+def _image_parents(api: Any) -> dict[str, str]:
+    """Return image ID -> parent ID for every image with a parent, intermediate images included."""
+    return {
+        str(i["Id"]): str(i["ParentId"]) for i in api.images(all=True) or [] if i.get("Id") and i.get("ParentId")
+    }
 
 
 def _anonymous_volume(v: dict[str, Any]) -> bool:

@@ -51,6 +51,8 @@ class ImageFact(_Fact):
     # Chain IDs of the image's layers, base first. Two images share a layer iff they share a chain ID.
     layers: list[str] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
+    # The image it was built on, when the classic builder made it ("" otherwise; BuildKit records none).
+    parent_id: str = ""
 
     @property
     def dangling(self) -> bool:
@@ -127,6 +129,10 @@ class HostSnapshot(_Fact):
     layer_sizes: dict[str, int] = Field(default_factory=dict)
     # The engine's own /system/df LayersSize: what all image layers occupy, shared ones counted once.
     df_layers_size: int | None = None
+    # Image ID -> parent image ID for every image with a parent, intermediate build images included (read
+    # only when a top-level image has a parent, i.e. the classic builder was used on this host). The engine
+    # refuses, without force, to delete an image that has a child image.
+    image_parents: dict[str, str] = Field(default_factory=dict)
 
     def image(self, ref: str) -> ImageFact | None:
         """Return the image with this tag, full ID or ID prefix, or None."""
@@ -145,6 +151,15 @@ class HostSnapshot(_Fact):
     def containers_using(self, image_id: str) -> list[ContainerFact]:
         """Return every container (running or stopped) created from ``image_id``."""
         return [c for c in self.containers if c.image_id == image_id]
+
+    def ancestors(self, image_id: str) -> list[str]:
+        """Return the IDs of the images ``image_id`` was built on, nearest first (classic builder only)."""
+        chain: list[str] = []
+        current = self.image_parents.get(image_id, "")
+        while current and current not in chain and current != image_id:
+            chain.append(current)
+            current = self.image_parents.get(current, "")
+        return chain
 
 
 class Unreachable(_Fact):

@@ -115,6 +115,10 @@ class HostPlan(_Model):
         return self.model_dump(mode="json", exclude={"protections"}, exclude_none=True)
 
 
+# One planned image removal: the image, why, and its category.
+_Removal = tuple[ImageFact, str, Literal["oversized", "dangling"]]
+
+
 def _age_seconds(now: datetime, created: datetime) -> float:
     return (now - created).total_seconds()
 
@@ -234,7 +238,7 @@ def plan_phase1(
         candidates.append((img, f"dangling image, created {age} ago", "dangling", (1, 0.0)))
 
     protections: dict[str, Protection] = {}
-    removals: list[tuple[ImageFact, str, Literal["oversized", "dangling"]]] = []
+    removals: list[_Removal] = []
     for img, why, category, _ in candidates:
         reasons = _protection_reasons(img, snapshot, policy, rollback)
         young = _too_young(img, now, policy, category == "dangling")
@@ -244,6 +248,13 @@ def plan_phase1(
             protections[img.id] = Protection(image_id=img.id, tags=list(img.repo_tags), reasons=reasons)
         else:
             removals.append((img, why, category))
+    removals, blocked = _without_blocked_parents(snapshot, removals)
+    for img, children in blocked:
+        names = ", ".join(children[:3]) + (f" and {len(children) - 3} more" if len(children) > 3 else "")
+        protections[img.id] = Protection(image_id=img.id, tags=list(img.repo_tags), reasons=[
+            f"parent of image(s) that stay ({names}): the engine refuses to delete an image with dependent "
+            "child images, and a removal is never forced"
+        ])
     # Also show every other image that is protected by use, pattern or rollback, so the
     # operator sees the whole picture of what stays and why.
     for img in snapshot.images:
@@ -277,6 +288,50 @@ def plan_phase1(
         protections=sorted(protections.values(), key=lambda p: (p.tags[:1] or [p.image_id])[0]),
         predicted_bytes=total, notes=notes,
     )
+
+
+def _without_blocked_parents(
+    snapshot: HostSnapshot, removals: list[_Removal]
+) -> tuple[list[_Removal], list[tuple[ImageFact, list[str]]]]:
+    """Return the removals the engine will accept, children before their parents, and the blocked ones.
+
+    Only classic-builder images have parents. An image stays when an image built on it (directly or
+    through intermediate build images) stays; planned children are removed before their parents.
+    """
+    if not snapshot.image_parents:
+        return removals, []
+    ancestors = {img.id: set(snapshot.ancestors(img.id)) for img in snapshot.images}
+    planned = {img.id for img, _, _ in removals}
+    blocked: dict[str, list[str]] = {}
+    changed = True
+    while changed:  # an image that stays may block its own parents in turn
+        changed = False
+        for img, _, _ in removals:
+            if img.id in blocked:
+                continue
+            children = [
+                other.display_name for other in snapshot.images
+                if other.id != img.id and (other.id not in planned or other.id in blocked)
+                and img.id in ancestors[other.id]
+            ]
+            if children:
+                blocked[img.id] = sorted(children)
+                changed = True
+    kept = [r for r in removals if r[0].id not in blocked]
+    # Children first: move each image after the last planned image built on it.
+    ordered = list(kept)
+    moved = True
+    while moved:
+        moved = False
+        for i, (img, _, _) in enumerate(ordered):
+            last_child = max(
+                (j for j, (other, _, _) in enumerate(ordered) if img.id in ancestors[other.id]), default=-1
+            )
+            if last_child > i:
+                ordered.insert(last_child, ordered.pop(i))
+                moved = True
+                break
+    return ordered, [(r[0], blocked[r[0].id]) for r in removals if r[0].id in blocked]
 
 
 def plan_build_cache(snapshot: HostSnapshot, policy: Policy) -> Action | None:

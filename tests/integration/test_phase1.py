@@ -7,6 +7,7 @@ Read-only tests share the session fleet (``sandbox``); tests that change hosts t
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pty
@@ -15,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -436,3 +438,37 @@ def test_orchestrator_sigkilled_leaves_hosts_interrupted_and_rerun_completes(
     for host, (snap, policy) in fleet_before.items():
         assert not {a.image_id for a in plan_phase1(snap, policy).removals()} & image_ids(sb, host)
         assert {c.image_id for c in snap.containers} <= image_ids(sb, host)
+
+
+def test_an_image_a_kept_child_was_built_on_is_protected_not_refused_at_run_time(
+    fresh_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb, inv, state = fresh_sandbox, str(fresh_sandbox.inventory_path), str(tmp_path / "s.db")
+    fleet = load_fleet(sb.inventory_path, GOLDEN)
+    target = next(a for a in plan_phase1(collect(fleet.hosts[0]), fleet.policy(fleet.hosts[0])).removals()
+                  if a.category == "oversized")
+    # Someone builds an image on that oversized image with the classic builder, which records the parent.
+    # (An untagged image with a child is no longer listed, nor dangling: only tagged parents are candidates.)
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = f"FROM {target.image_id}\nLABEL acgs.test=child\n".encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    client = _client(sb, GOLDEN)
+    child, _ = client.images.build(fileobj=context, custom_context=True, tag="acgs-test/child:1",
+                                   network_mode="none", rm=True)
+    assert child.attrs.get("Parent") == target.image_id
+
+    planned = as_json(run_cli("plan", "phase1", "-i", inv, "--hosts", GOLDEN, "--format", "json"))["plans"][0]
+    assert target.image_id not in [a["image_id"] for a in planned["actions"]]
+    reasons = {p["image_id"]: p["reasons"] for p in planned["protections"]}
+    assert "acgs-test/child:1" in reasons[target.image_id][0]
+    assert "dependent child images" in reasons[target.image_id][0]
+
+    run = run_cli("phase1", "-i", inv, "--hosts", GOLDEN, "--state", state, "--yes", "--format", "json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    row = as_json(run)["hosts"][0]
+    assert row["skipped"] == []  # nothing refused at run time: the plan already knew
+    assert {target.image_id, child.id} <= image_ids(sb, GOLDEN)

@@ -114,11 +114,22 @@ def _hosts(draw: st.DrawFn) -> tuple[HostSnapshot, Policy]:
          "state": draw(st.sampled_from(["running", "exited", "created"])), "created": _NOW.isoformat()}
         for j in range(draw(st.integers(0, 4)))
     ]
+    # Classic-builder parent links: an image built on an earlier one, directly or through an intermediate.
+    parents: dict[str, str] = {}
+    for i in range(1, n):
+        if draw(st.booleans()):
+            parent = images[draw(st.integers(0, i - 1))]["id"]
+            if draw(st.booleans()):
+                parents[f"sha256:{i:062x}ff"] = parent
+                parent = f"sha256:{i:062x}ff"
+            parents[images[i]["id"]] = parent
+            images[i]["parent_id"] = parent
     snapshot = HostSnapshot.model_validate({
         "host": "h", "collected_at": _NOW.isoformat(),
         "engine": {"name": "h", "server_version": "20.10", "api_version": "1.41", "storage_driver": "overlay2",
                    "data_root": "/d"},
         "images": images, "containers": containers, "layer_sizes": {layer: 10 for layer in layers},
+        "image_parents": parents,
     })
     policy = Policy.model_validate({
         "oversized_images": [{"ref": t} for t in sorted(used_tags) if draw(st.booleans())],
@@ -145,6 +156,38 @@ def test_plan_never_targets_used_protected_young_or_rollback_images(host: tuple[
         assert not any(policy.is_protected(t) for t in img.repo_tags)
         assert (_NOW - img.created).total_seconds() >= policy.fresh_min_age
         assert img.dangling or any(o.ref in img.repo_tags for o in policy.oversized_images)
+    # The engine refuses to delete an image an image that stays was built on: never planned; a planned
+    # image built on another planned one goes first.
+    for position, image_id in enumerate(removed):
+        for other in snapshot.images:
+            if image_id in snapshot.ancestors(other.id):
+                assert other.id in removed, f"{image_id} is the parent of {other.id}, which stays"
+                assert removed.index(other.id) < position, f"{other.id} must go before its parent {image_id}"
     # Everything that stays for a reason is explained; nothing is both removed and protected.
     assert not set(removed) & {p.image_id for p in result.protections}
     assert result.predicted_bytes >= max((a.predicted_bytes for a in result.removals()), default=0)
+
+
+def test_an_image_with_a_child_that_stays_is_protected_and_planned_children_go_first() -> None:
+    def image(n: int, tags: list[str], hours: int, parent: str = "") -> dict[str, Any]:
+        return {"id": f"sha256:{n:064x}", "repo_tags": tags, "size": 1, "parent_id": parent,
+                "created": (_NOW - timedelta(hours=hours)).isoformat(), "layers": [f"L{n}"]}
+
+    base, old, child, kept = (f"sha256:{n:064x}" for n in (1, 2, 3, 4))
+    snapshot = HostSnapshot.model_validate({
+        "host": "h", "collected_at": _NOW.isoformat(),
+        "engine": {"name": "h", "server_version": "20.10", "api_version": "1.41", "storage_driver": "overlay2",
+                   "data_root": "/d"},
+        # base <- (intermediate) <- kept:latest ; old <- child (both dangling and old)
+        "images": [image(1, [], 90), image(2, [], 80), image(3, [], 70, old), image(4, ["kept:latest"], 60, "i")],
+        "image_parents": {"i": base, kept: "i", child: old},
+        "layer_sizes": {f"L{n}": 10 for n in range(1, 5)},
+    })
+    policy = Policy.model_validate({"dangling_min_age": "1h", "fresh_min_age": "1h"})
+    result = plan(snapshot, policy, "phase1")
+    assert [a.image_id for a in result.removals()] == [child, old]
+    reasons = {p.image_id: p.reasons for p in result.protections}
+    assert reasons[base] == [
+        "parent of image(s) that stay (kept:latest): the engine refuses to delete an image with dependent "
+        "child images, and a removal is never forced"
+    ]
