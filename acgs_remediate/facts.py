@@ -549,16 +549,19 @@ class LeanEngineAPI:
             self._idle.clear()
 
 
-def collect(host: Host, timeout: float | None = None, memo: FleetMemo | None = None) -> HostSnapshot:
+def collect(
+    host: Host, timeout: float | None = None, memo: FleetMemo | None = None, parents: bool = True
+) -> HostSnapshot:
     """Return a read-only snapshot of ``host``'s engine; raise on an unreachable engine or API error.
 
-    ``memo`` shares image descriptions between the hosts of one fleet read (see FleetMemo).
+    ``memo`` shares image descriptions between the hosts of one fleet read (see FleetMemo). ``parents``
+    reads the classic builder's parent links (``image_parents``), which planning needs and reports do not.
     """
     base_timeout = float(timeout if timeout is not None else host.timeout or 60.0)
     if LeanEngineAPI.supports(host):
         lean = LeanEngineAPI(host, base_timeout)
         try:
-            return _collect(lean, host, base_timeout, memo)
+            return _collect(lean, host, base_timeout, memo, parents)
         finally:
             lean.close()
     import docker
@@ -567,7 +570,7 @@ def collect(host: Host, timeout: float | None = None, memo: FleetMemo | None = N
     kwargs["timeout"] = base_timeout
     client = docker.DockerClient(**kwargs)
     try:
-        return _collect(client.api, host, base_timeout, memo)
+        return _collect(client.api, host, base_timeout, memo, parents)
     finally:
         client.close()
 
@@ -592,7 +595,9 @@ def disk_usage(host: Host, timeout: float | None = None) -> dict[str, Any]:
         client.close()
 
 
-def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None = None) -> HostSnapshot:
+def _collect(
+    api: Any, host: Host, base_timeout: float, memo: FleetMemo | None = None, parents: bool = True
+) -> HostSnapshot:
     collected_at = datetime.now(UTC)
     # A few requests in flight overlap the engine's work with ours.
     cache = LayerCache.for_host(host)
@@ -649,7 +654,8 @@ def _collect(api: Any, host: Host, base_timeout: float, memo: FleetMemo | None =
         listed = df.get("Images") or []
         # Parent links exist only for classic-builder images: then (only) the intermediate images are
         # listed too, so that a removal blocked by a child image is known before the run.
-        parents_future = pool.submit(_image_parents, api) if any(i.get("ParentId") for i in listed) else None
+        with_parents = parents and any(i.get("ParentId") for i in listed)
+        parents_future = pool.submit(_image_parents, api) if with_parents else None
         inspected = list(pool.map(inspect_layers, listed))
         image_parents = parents_future.result() if parents_future is not None else {}
         # /system/df lists every container, running or stopped, as /containers/json?all=1 does (same
@@ -923,9 +929,12 @@ def _not_found(exc: BaseException) -> bool:
 
 
 def collect_many(
-    hosts: Iterable[Host], forks: int = 5, timeout: float | None = None
+    hosts: Iterable[Host], forks: int = 5, timeout: float | None = None, parents: bool = True
 ) -> tuple[dict[str, HostSnapshot], list[Unreachable]]:
-    """Return snapshots of all ``hosts`` (at most ``forks`` at once) and the hosts that could not be read."""
+    """Return snapshots of all ``hosts`` (at most ``forks`` at once) and the hosts that could not be read.
+
+    ``parents``: see ``collect``.
+    """
     hosts = list(hosts)
     snapshots: dict[str, HostSnapshot] = {}
     unreachable: list[Unreachable] = []
@@ -933,7 +942,7 @@ def collect_many(
         return snapshots, unreachable
     memo = FleetMemo(wait=float(timeout or 60.0))
     with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
-        futures = {h.name: pool.submit(collect, h, timeout, memo) for h in hosts}
+        futures = {h.name: pool.submit(collect, h, timeout, memo, parents) for h in hosts}
         for name, future in futures.items():
             try:
                 snapshots[name] = future.result()

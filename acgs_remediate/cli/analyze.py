@@ -99,7 +99,10 @@ def analyze(
     # Engines answer while this thread imports the analysis side (~0.1 s of CPU that would otherwise
     # come after the slowest engine's last answer).
     with ThreadPoolExecutor(max_workers=1) as background:
-        collecting = background.submit(facts.collect_many, fleet.hosts, forks=forks, timeout=timeout)
+        # The report needs no parent links (those are for planning removals): one listing fewer per host.
+        collecting = background.submit(
+            facts.collect_many, fleet.hosts, forks=forks, timeout=timeout, parents=False
+        )
         import dockerfile_parse  # noqa: F401 - the doctor imports it on first use; load it now, while we wait
 
         from .. import analysis, doctor

@@ -132,7 +132,7 @@ def main() -> None:
             module.fail_json(msg=exc.message, hint=exc.hint)
             return
     try:
-        snapshot = collect(host)
+        snapshot = collect(host, parents=False)  # the criteria need no parent links
     except Exception as exc:  # an engine down is this host's failure, reported in one line
         reason = describe_error(exc)
         module.fail_json(msg=f"engine unreachable: {p['docker_host']}: {reason}", unreachable=True)
