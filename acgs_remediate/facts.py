@@ -13,6 +13,7 @@ snapshot says it is approximate instead of guessing silently.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -23,7 +24,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -558,39 +559,33 @@ def collect(
     reads the classic builder's parent links (``image_parents``), which planning needs and reports do not.
     """
     base_timeout = float(timeout if timeout is not None else host.timeout or 60.0)
-    if LeanEngineAPI.supports(host):
-        lean = LeanEngineAPI(host, base_timeout)
-        try:
-            return _collect(lean, host, base_timeout, memo, parents)
-        finally:
-            lean.close()
-    import docker
-
-    kwargs = host.docker_client_kwargs()
-    kwargs["timeout"] = base_timeout
-    client = docker.DockerClient(**kwargs)
-    try:
-        return _collect(client.api, host, base_timeout, memo, parents)
-    finally:
-        client.close()
+    with _engine_api(host, base_timeout) as api:
+        return _collect(api, host, base_timeout, memo, parents)
 
 
 def disk_usage(host: Host, timeout: float | None = None) -> dict[str, Any]:
     """Return the engine's /system/df answer (one call; what a run measures its bytes freed with)."""
-    base_timeout = float(timeout if timeout is not None else host.timeout or 60.0)
+    with _engine_api(host, float(timeout if timeout is not None else host.timeout or 60.0)) as api:
+        return _retry(api.df)
+
+
+@contextlib.contextmanager
+def _engine_api(host: Host, timeout: float) -> Iterator[Any]:
+    """Yield the Engine API client for ``host``: the lean one for unix://, the docker SDK's otherwise."""
     if LeanEngineAPI.supports(host):
-        lean = LeanEngineAPI(host, base_timeout)
+        lean = LeanEngineAPI(host, timeout)
         try:
-            return _retry(lean.df)
+            yield lean
         finally:
             lean.close()
+        return
     import docker
 
     kwargs = host.docker_client_kwargs()
-    kwargs["timeout"] = base_timeout
+    kwargs["timeout"] = timeout
     client = docker.DockerClient(**kwargs)
     try:
-        return _retry(client.api.df)
+        yield client.api
     finally:
         client.close()
 
