@@ -90,12 +90,23 @@ def _analyze_cli(inventory: Path, forks: int, state: Path, cache: str) -> float:
     return seconds
 
 
+def _settle(limit: float = 120.0) -> None:
+    """Wait (at most ``limit`` s) for the fleet just started to settle: its engines and the scenario's
+    service containers boot for a while after `sandbox up` answers, and measuring then measures them."""
+    deadline = time.monotonic() + limit
+    cores = os.cpu_count() or 1
+    while time.monotonic() < deadline and os.getloadavg()[0] > 1.5 * cores:
+        time.sleep(5)
+    print(f"  load average {os.getloadavg()[0]:.1f} when measuring starts", flush=True)
+
+
 def bench_fleet(hosts: int, scenario: str, directory: Path, repeat: int) -> dict[str, Any]:
     """Measure (a): analyze on the fleet vs parallel `docker system df -v`, alternating, same run."""
     sb = Sandbox(directory)
     t0 = time.monotonic()
     sb.up(hosts, scenario, log=lambda m: print(f"  [sandbox] {m}", flush=True))
     up_seconds = time.monotonic() - t0
+    _settle()
     names = [Sandbox.host_name(i) for i in range(hosts)]
     docker_hosts = [sb.docker_host(n) for n in names]
     cold, engines_cold, warm, theirs = [], [], [], []
