@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from .inventory import Host
     from .models import EngineFact, HostSnapshot, Unreachable
 
-# The typed models (pydantic) are imported where the snapshot is built, after the engine calls: a CLI run
-# starts its engines' work first and imports pydantic while they answer (~0.1 s of a 20-host analyze).
+# The typed models (pydantic) are imported where a snapshot is built: the engine calls, and disk_usage
+# (what phase1 measures bytes freed with), need no pydantic.
 _NONE_TAG = "<none>:<none>"  # models.NONE_TAG
 
 T = TypeVar("T")
@@ -43,7 +43,7 @@ T = TypeVar("T")
 # Seconds added to the base timeout per image for calls whose cost grows with the image count
 # (/system/df walks every layer; it is reported to take minutes on big hosts).
 _TIMEOUT_PER_IMAGE = 0.05
-# A warm read's /system/df is sent before /info counts the images: its timeout allows at least this many.
+# /system/df is sent before /info counts the images: its timeout allows at least this many.
 _TIMEOUT_IMAGES_FLOOR = 1000
 _RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 # Requests in flight per host (the docker SDK pools 10 connections per client).
@@ -118,8 +118,8 @@ class FleetMemo:
     Both answers are content-addressed (see LayerCache), so an image one engine has described needs no
     inspect on the next engine that holds it: a fleet deploying the same images is inspected once per
     distinct image, not once per host and image (and its history, which sizes its layers, read once per
-    storage driver). The first host to ask for an image inspects it; hosts
-    asking meanwhile wait for that answer (at most ``wait`` seconds) and inspect it themselves if it fails.
+    storage driver). The first host to ask for an image inspects it; hosts asking meanwhile wait for that
+    answer (at most ``wait`` seconds) and inspect it themselves if it fails.
     Only engines with a graph-driver store share, and layer sizes only between engines with the same
     storage driver (each driver measures a diff its own way; chain IDs are the same on all of them).
     """
@@ -617,9 +617,9 @@ def _collect(
         if not graphdriver:
             cache = None
         cached = cache.chains if cache else {}
-        shared = memo if graphdriver else None
-        if shared is not None and cache is not None:
-            shared.add(storage_driver, cache.chains, cache.sizes)
+        fleet_memo = memo if graphdriver else None
+        if fleet_memo is not None and cache is not None:
+            fleet_memo.add(storage_driver, cache.chains, cache.sizes)
 
         def inspect_chains(image_id: str) -> list[str]:
             return chain_ids((api.inspect_image(image_id).get("RootFS") or {}).get("Layers") or [])
@@ -629,8 +629,8 @@ def _collect(
             if image_id in cached:
                 return item, cached[image_id]
             try:
-                if shared is not None:
-                    return item, shared.chains(image_id, lambda: inspect_chains(image_id))
+                if fleet_memo is not None:
+                    return item, fleet_memo.chains(image_id, lambda: inspect_chains(image_id))
                 return item, inspect_chains(image_id)
             except Exception as exc:
                 if _not_found(exc):
@@ -659,18 +659,16 @@ def _collect(
     raw_images = [pair for pair in inspected if pair is not None]
     df_images = {i["Id"]: i for i in (df.get("Images") or [])}
 
-    known = {**(cache.sizes if cache else {}), **(shared.sizes(storage_driver) if shared is not None else {})}
-    history = None
-    if shared is not None:
-
-        def history(image_id: str) -> Any:
-            return shared.history(storage_driver, image_id, lambda: api.history(image_id))
-
+    known = dict(cache.sizes) if cache else {}
+    history_of = None
+    if fleet_memo is not None:
+        known.update(fleet_memo.sizes(storage_driver))
+        history_of = _shared_history(fleet_memo, storage_driver, api)
     layer_sizes, approximate, exact_sizes = _layer_sizes(
-        api, raw_images, derive=graphdriver, known=known, history=history
+        api, raw_images, derive=graphdriver, known=known, history=history_of
     )
-    if shared is not None:
-        shared.add(storage_driver, {item["Id"]: layers for item, layers in raw_images}, exact_sizes)
+    if fleet_memo is not None:
+        fleet_memo.add(storage_driver, {item["Id"]: layers for item, layers in raw_images}, exact_sizes)
     if cache is not None:
         current = {c for _, layers in raw_images for c in layers}
         cache.save(
@@ -741,6 +739,11 @@ def _collect(
         df_layers_size=int(df_layers) if df_layers is not None else None,
         image_parents=image_parents,
     )
+
+
+def _shared_history(memo: FleetMemo, driver: str, api: Any) -> Callable[[str], Any]:
+    """Return a history reader that asks ``api`` only for images no engine of the fleet read described."""
+    return lambda image_id: memo.history(driver, image_id, lambda: api.history(image_id))
 
 
 def _layer_sizes(
