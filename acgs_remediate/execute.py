@@ -123,7 +123,9 @@ def run_playbook(
             result = results.setdefault(host, HostResult(host=host))
             res = data.get("res") or {}
             if name in _RESULT_EVENTS and data.get("task_action"):
-                result.results[str(data["task_action"]).rsplit(".", 1)[-1]] = res
+                # The event's type says it failed; its res does not always carry the flag: keep it there.
+                kept = {**res, "failed": True} if name in ("runner_on_failed", "runner_on_unreachable") else res
+                result.results[str(data["task_action"]).rsplit(".", 1)[-1]] = kept
             if name in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
                 result.messages.append(f"{data.get('task', '')}: {_short_msg(res)}")
         if on_event is not None:

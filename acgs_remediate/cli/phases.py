@@ -379,7 +379,8 @@ def phase1_cmd(
         clock = time.monotonic()
         after: dict[str, Any] = {}
         if not check:
-            reached = [fleet.host(n) for n in targets if result.hosts[n].status in ("ok", "changed")]
+            # Every host whose image cleanup ran is measured, even when the run failed elsewhere.
+            reached = [fleet.host(n) for n in targets if _cleanup_ran(result.hosts[n])]
             after = _measure(reached, forks)
         timings["measure_after"] = round(time.monotonic() - clock, 2)
         if diff:
@@ -466,6 +467,21 @@ def _print_diff(result: Any) -> None:
                 err.print(Text(f"    + {line}", style="green"))
 
 
+def _cleanup_ran(hr: Any) -> bool:
+    """Return whether ``hr``'s image cleanup ran to its end (whatever else failed in the run)."""
+    res = hr.results.get("acgs_image_cleanup")
+    return res is not None and not res.get("failed") and hr.status != "unreachable"
+
+
+def _shared_repair_failure(result: Any) -> str | None:
+    """Return why the (run-once) build-file repair failed, or None when it did not fail."""
+    for hr in result.hosts.values():
+        res = hr.results.get("acgs_build_files") or {}
+        if res.get("failed"):
+            return str(res.get("msg") or "failed").strip().splitlines()[0]
+    return None
+
+
 def _summarise(
     store: StateStore,
     run_id: str,
@@ -475,8 +491,13 @@ def _summarise(
     result: Any,
     check: bool,
 ) -> list[dict[str, Any]]:
-    """Return one summary row per host; record each host's outcome in the ledger (not in check mode)."""
+    """Return one summary row per host; record each host's outcome in the ledger (not in check mode).
 
+    The build files are repaired once, on the control node, for sources every host's services share: when
+    that fails, phase 1 is unfinished on every host of the run (not only on the host Ansible ran it for),
+    and a re-run retries them all (their image cleanup is then a no-op).
+    """
+    shared = _shared_repair_failure(result)
     rows: list[dict[str, Any]] = []
     for name in sorted(plans):
         hr = result.hosts[name]
@@ -491,6 +512,12 @@ def _summarise(
             status = ("would change" if hr.changed else "no change") if check else "succeeded"
         else:
             status = hr.status  # failed / unreachable / not_run
+        messages = list(hr.messages)
+        if shared is not None and not result.interrupted:
+            if status in ("succeeded", "would change", "no change"):
+                status = "failed"
+            if not any(shared in m for m in messages):
+                messages.append(f"build files (shared, on the control node): {shared}")
         row = {
             "host": name,
             "status": status,
@@ -505,7 +532,7 @@ def _summarise(
             "bytes_after": bytes_after,
             "measured_freed": (bytes_before - bytes_after) if bytes_after is not None else None,
             "files": [f["path"] for f in files.get("repaired") or []],
-            "messages": hr.messages,
+            "messages": messages,
         }
         rows.append(row)
         if not check:
@@ -519,7 +546,7 @@ def _summarise(
                 bytes_freed=row["measured_freed"],
                 removed=[{"id": r["id"], "tags": r["tags"]} for r in removed]
                 + [{"file": f} for f in row["files"]],
-                detail="; ".join(hr.messages) or None,
+                detail="; ".join(messages) or None,
             )
             if bytes_after is not None:
                 store.add_measurement(

@@ -472,3 +472,33 @@ def test_an_image_a_kept_child_was_built_on_is_protected_not_refused_at_run_time
     row = as_json(run)["hosts"][0]
     assert row["skipped"] == []  # nothing refused at run time: the plan already knew
     assert {target.image_id, child.id} <= image_ids(sb, GOLDEN)
+
+
+def test_a_failed_shared_build_file_repair_leaves_every_host_unfinished_and_a_rerun_finishes(
+    fresh_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb, inv, state = fresh_sandbox, str(fresh_sandbox.inventory_path), str(tmp_path / "s.db")
+    _restore_sources(sb)
+    first = run_cli("phase1", "-i", inv, "--state", state, "--yes", "--format", "json", env=_env())  # no DB URL
+    assert first.returncode == 1, first.stderr[-2000:]
+    rows = {r["host"]: r for r in as_json(first)["hosts"]}
+    assert sorted(rows) == sb.hosts()
+    for host, row in rows.items():
+        # The sources are shared: the phase is unfinished on every host, not only where Ansible ran the repair.
+        assert row["status"] == "failed", host
+        assert any("alembic.ini" in m and "DATABASE_URL" in m for m in row["messages"]), row["messages"]
+        # Each host's own cleanup did happen, and is measured.
+        assert row["removed"] > 0 and row["measured_freed"] > 0, host
+    status = as_json(run_cli("status", "--state", state, "--format", "json"))["hosts"]
+    assert {h: s["phase1"]["status"] for h, s in status.items()} == {h: "failed" for h in sb.hosts()}
+    assert not (sb.sources_root / "alembic.ini").exists()
+
+    again = run_cli("phase1", "-i", inv, "--state", state, "--yes", "--format", "json",
+                    env=_env(DATABASE_URL=DB_URL))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {r["host"]: (r["status"], r["removed"]) for r in as_json(again)["hosts"]} == {
+        h: ("succeeded", 0) for h in sb.hosts()
+    }
+    assert DB_URL in (sb.sources_root / "alembic.ini").read_text()
+    status = as_json(run_cli("status", "--state", state, "--format", "json"))["hosts"]
+    assert {h: s["phase1"]["status"] for h, s in status.items()} == {h: "succeeded" for h in sb.hosts()}
