@@ -30,6 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .resources import CACHE_ENV as CACHE_ENV  # re-exported: callers switch the layer cache with it
+from .resources import cache_dir
+
 if TYPE_CHECKING:
     from .inventory import Host
     from .models import EngineFact, HostSnapshot, Unreachable
@@ -48,7 +51,6 @@ _TIMEOUT_IMAGES_FLOOR = 1000
 _RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 # Requests in flight per host (the docker SDK pools 10 connections per client).
 _PER_HOST_REQUESTS = 4
-CACHE_ENV = "ACGS_REMEDIATE_CACHE_DIR"  # "off" disables the layer cache
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # BuildKit history entries for instructions that only change the image config (never a layer).
@@ -92,11 +94,9 @@ class LayerCache:
     @classmethod
     def for_host(cls, host: Host) -> LayerCache | None:
         """Return the cache of ``host``, or None when disabled ($ACGS_REMEDIATE_CACHE_DIR=off)."""
-        setting = os.environ.get(CACHE_ENV, "")
-        if setting.lower() in ("off", "0", "no", "false"):
+        root = cache_dir("layers", flat_if_set=True)
+        if root is None:
             return None
-        base = Path(setting) if setting else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        root = base if setting else base / "acgs-remediate" / "layers"
         key = hashlib.sha256(f"{host.name}\0{host.docker_host}".encode()).hexdigest()[:16]
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", host.name)[:60]
         return cls(root / f"{safe}-{key}.json")

@@ -22,15 +22,13 @@ from typing import Any
 
 from .config import POLICY_VAR, Policy, parse_policy
 from .errors import UsageError
+from .resources import cache_dir
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 INVENTORY_ENV = "ACGS_REMEDIATE_INVENTORY"
 
 # The inventory cache. Bump _CACHE_FORMAT when the cached document or what load_fleet derives changes.
 _CACHE_FORMAT = 1
-# Same switch and root as facts.LayerCache (facts.CACHE_ENV; not imported from there: facts pulls in docker).
-_CACHE_ENV = "ACGS_REMEDIATE_CACHE_DIR"
-_CACHE_OFF = ("off", "0", "no", "false")
 _CACHE_MAX_ENTRIES = 64
 _CACHE_MAX_BYTES = 5 * 1024 * 1024
 _CACHE_MAX_FILES = 2000
@@ -366,16 +364,7 @@ def _plain(value: Any) -> Any:
 
 def _inventory_cache_dir() -> Path | None:
     """Return the inventory cache directory, beside the layer cache, or None when caching is off."""
-    setting = os.environ.get(_CACHE_ENV, "")
-    if setting.lower() in _CACHE_OFF:
-        return None
-    if setting:
-        return Path(setting) / "inventory"
-    try:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    except RuntimeError:  # no home directory to be found
-        return None
-    return base / "acgs-remediate" / "inventory"
+    return cache_dir("inventory")
 
 
 def _walk_files(root: Path) -> Iterator[Path]:
