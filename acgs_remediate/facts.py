@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 import os
 import re
 import socket
-import ssl
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .engine import Endpoint, EngineAPI, EngineHTTPError, describe_failure
 from .resources import CACHE_ENV as CACHE_ENV  # re-exported: callers switch the layer cache with it
 from .resources import cache_dir
 
@@ -264,9 +262,7 @@ def layer_sizes_from_history(
     return result[:n_layers], exact
 
 
-def _resolve_entry(
-    entries: list[dict[str, Any]], i: int, layer_count: Callable[[str], int | None]
-) -> str | None:
+def _resolve_entry(entries: list[dict[str, Any]], i: int, layer_count: Callable[[str], int | None]) -> str | None:
     """Return "layer"/"meta" for entry ``i``: does its intermediate image have more layers than its parent?"""
     ident = str(entries[i].get("Id") or "")
     if not ident.startswith("sha256:"):
@@ -339,17 +335,14 @@ def _is_timeout(exc: BaseException) -> bool:
 
 
 def describe_error(exc: BaseException) -> str:
-    """Return a one-line reason for a failure talking to an engine (no traceback, no URL noise)."""
-    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
-        return "timed out waiting for the engine"
-    if isinstance(exc, EngineHTTPError):
-        return f"engine error {exc.status_code}: {exc.explanation}"
-    if isinstance(exc, ssl.SSLError):
-        return f"cannot connect: TLS: {exc.reason or exc}"
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return f"cannot connect: [Errno {exc.errno}] {exc.strerror}"
-    if isinstance(exc, http.client.HTTPException):
-        return f"cannot talk to the engine: {type(exc).__name__}: {str(exc)[:200]}"
+    """Return a one-line reason for a failure talking to an engine (no traceback, no URL noise).
+
+    Failures of the project's client (engine.py) are worded there; the docker SDK's (used where the SDK
+    stays, e.g. the sandbox's seeding) here.
+    """
+    module = type(exc).__module__ or ""
+    if not (module.startswith(("docker", "requests", "urllib3", "paramiko"))):
+        return describe_failure(exc)
     import requests
     from docker.errors import APIError, DockerException
 
@@ -369,7 +362,7 @@ def describe_error(exc: BaseException) -> str:
         text = str(exc)
         match = re.search(r"\[Errno \d+\] [^'\")]+", text)
         return f"cannot connect: {match.group(0)}" if match else text.splitlines()[0][:200]
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return describe_failure(exc)
 
 
 def _image_store(info: dict[str, Any]) -> str:
@@ -412,144 +405,6 @@ def _engine_fact(info: dict[str, Any], version: dict[str, Any], docker_host: str
     )
 
 
-class EngineHTTPError(Exception):
-    """A non-2xx answer of the engine to a read-only GET (status code and the engine's message)."""
-
-    def __init__(self, status_code: int, explanation: str) -> None:
-        super().__init__(f"{status_code}: {explanation}")
-        self.status_code = status_code
-        self.explanation = explanation
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class LeanEngineAPI:
-    """The few read-only Engine API GETs facts need, over plain http.client with kept-alive connections.
-
-    Why not the docker SDK here: a cold analyze makes ~90 GETs per host and the SDK (requests) spends
-    ~0.7 ms of CPU on each against ~0.13 ms for http.client — on 20 hosts that was 2 s of a 3.7 s run.
-    Only unix:// endpoints (the local engine, and the sandbox): tcp:// with TLS and ssh:// go through the
-    docker SDK, whose TLS and SSH handling we would otherwise have to re-implement and keep safe.
-    Method names and answers mirror docker.APIClient's, so ``_collect`` works with either.
-    """
-
-    def __init__(self, host: Host, timeout: float) -> None:
-        self.timeout = timeout
-        self._prefix = ""
-        self.api_version = ""  # from the first answer's Api-Version header (or /version)
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-        path = host.docker_host.removeprefix("unix://")
-        self._factory: Callable[[], http.client.HTTPConnection] = lambda: _UnixHTTPConnection(path, self.timeout)
-
-    @staticmethod
-    def supports(host: Host) -> bool:
-        """Return whether ``host``'s endpoint is one this client speaks (unix:// only)."""
-        return host.docker_host.startswith("unix://")
-
-    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with self._lock:
-            reused = bool(self._idle)
-            conn = self._idle.pop() if reused else self._factory()
-        try:
-            resp, body = self._send(conn, f"{self._prefix}{path}{query}")
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            conn.close()
-            if not reused:
-                raise
-            # A kept-alive connection the engine had closed: a GET is safe to send again, on a new one.
-            conn = self._factory()
-            try:
-                resp, body = self._send(conn, f"{self._prefix}{path}{query}")
-            except BaseException:
-                conn.close()
-                raise
-        except BaseException:
-            conn.close()
-            raise
-        if not self.api_version and resp.getheader("Api-Version"):
-            self.api_version = str(resp.getheader("Api-Version"))
-            self._prefix = f"/v{self.api_version}"
-        if resp.will_close:
-            conn.close()
-        else:
-            with self._lock:
-                self._idle.append(conn)
-        if resp.status >= 400:
-            try:
-                message = str(json.loads(body).get("message") or "")
-            except (ValueError, AttributeError):
-                message = body.decode(errors="replace").strip()
-            raise EngineHTTPError(resp.status, message or resp.reason)
-        return json.loads(body) if body else None
-
-    def _send(self, conn: http.client.HTTPConnection, target: str) -> tuple[http.client.HTTPResponse, bytes]:
-        conn.timeout = self.timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(self.timeout)
-        conn.request("GET", target)
-        resp = conn.getresponse()
-        return resp, resp.read()
-
-    def version(self) -> dict[str, Any]:
-        """Return the engine's API version, as /version names it.
-
-        Every engine answer carries it in its ``Api-Version`` header, so after any call no request is needed
-        (/info names the server version); before one, GET /version. Later calls use that API version, as the
-        SDK's "auto" does; calls made before it is known go unversioned, which the engine answers in it too.
-        """
-        if self.api_version:
-            return {"ApiVersion": self.api_version}
-        answer = self._get("/version")
-        if answer.get("ApiVersion"):
-            self.api_version = str(answer["ApiVersion"])
-            self._prefix = f"/v{self.api_version}"
-        return answer
-
-    def info(self) -> dict[str, Any]:
-        return self._get("/info")
-
-    def images(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the SDK's name
-        return self._get("/images/json", {"only_ids": "0", "all": "1" if all else "0"})
-
-    def df(self) -> dict[str, Any]:
-        return self._get("/system/df")
-
-    def containers(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the SDK's name
-        return self._get("/containers/json", {"all": "1" if all else "0", "size": "0"})
-
-    def inspect_container(self, ident: str) -> dict[str, Any]:
-        return self._get(f"/containers/{urllib.parse.quote(ident)}/json")
-
-    def inspect_image(self, ident: str) -> dict[str, Any]:
-        return self._get(f"/images/{urllib.parse.quote(ident)}/json")
-
-    def history(self, ident: str) -> list[dict[str, Any]]:
-        return self._get(f"/images/{urllib.parse.quote(ident)}/history")
-
-    def close(self) -> None:
-        """Close the kept-alive connections."""
-        with self._lock:
-            for conn in self._idle:
-                conn.close()
-            self._idle.clear()
-
-
 def collect(
     host: Host, timeout: float | None = None, memo: FleetMemo | None = None, parents: bool = True
 ) -> HostSnapshot:
@@ -570,24 +425,13 @@ def disk_usage(host: Host, timeout: float | None = None) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _engine_api(host: Host, timeout: float) -> Iterator[Any]:
-    """Yield the Engine API client for ``host``: the lean one for unix://, the docker SDK's otherwise."""
-    if LeanEngineAPI.supports(host):
-        lean = LeanEngineAPI(host, timeout)
-        try:
-            yield lean
-        finally:
-            lean.close()
-        return
-    import docker
-
-    kwargs = host.docker_client_kwargs()
-    kwargs["timeout"] = timeout
-    client = docker.DockerClient(**kwargs)
+def _engine_api(host: Host, timeout: float) -> Iterator[EngineAPI]:
+    """Yield the Engine API client for ``host`` (unix://, tcp:// with TLS, ssh://: see engine.py)."""
+    api = EngineAPI(Endpoint.of(host), timeout)
     try:
-        yield client.api
+        yield api
     finally:
-        client.close()
+        api.close()
 
 
 def _collect(
@@ -597,9 +441,8 @@ def _collect(
     # A few requests in flight overlap the engine's work with ours.
     cache = LayerCache.for_host(host)
     with ThreadPoolExecutor(max_workers=_PER_HOST_REQUESTS) as pool:
-        # The lean client reads the API version off /info's answer; the SDK asks /version.
-        lean = isinstance(api, LeanEngineAPI)
-        version_future = None if lean else pool.submit(api.version)
+        # The client learns the API version at first contact (/_ping's headers): no /version request.
+        version_future = None
         # /system/df, the one call that walks every layer, goes out with /info instead of after it. Its
         # timeout cannot wait for /info's image count: it allows the images of the last read (if any) and
         # many more; a host with more images than that whose df times out is asked again with its own.
@@ -891,9 +734,7 @@ def _containers(api: Any, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _image_parents(api: Any) -> dict[str, str]:
     """Return image ID -> parent ID for every image with a parent, intermediate images included."""
-    return {
-        str(i["Id"]): str(i["ParentId"]) for i in api.images(all=True) or [] if i.get("Id") and i.get("ParentId")
-    }
+    return {str(i["Id"]): str(i["ParentId"]) for i in api.images(all=True) or [] if i.get("Id") and i.get("ParentId")}
 
 
 def _anonymous_volume(v: dict[str, Any]) -> bool:
