@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import hashlib
 import http.client
 import json
 import os
@@ -217,7 +218,11 @@ def ssh_argv(endpoint: Endpoint) -> list[str]:
     argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, round(endpoint.connect_timeout))}", "-T"]
     control = _control_dir()
     if control:
-        argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}/%C", "-o", "ControlPersist=no"]
+        # One control socket per endpoint as the inventory names it, never ssh's %C (user, host, port): two
+        # aliases of one sshd with different keys (forced commands leading to different engines) share a %C,
+        # and joining the other's connection would send this host's calls to the other host's engine.
+        key = hashlib.sha256(f"{endpoint.url}\0{endpoint.ssh_config or ''}".encode()).hexdigest()[:20]
+        argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}/{key}", "-o", "ControlPersist=no"]
     if parsed.username:
         argv += ["-l", urllib.parse.unquote(parsed.username)]
     if parsed.port:
@@ -297,7 +302,8 @@ class _SSHStream:
         self.sock = ours
         self._reader = ours.makefile("rb")
         self._stderr: collections.deque[str] = collections.deque(maxlen=_SSH_MAX_STDERR_LINES)
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._drain.start()
         self._send_lock = threading.Lock()
         self._turn = threading.Condition()
         self._next = 0
@@ -373,6 +379,8 @@ class _SSHStream:
             code = self.proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             code = None
+        if code is not None:
+            self._drain.join(timeout=1)  # ssh's last words (its reason) may still be in the pipe
         lines = [ln for ln in self._stderr if not ln.startswith(("Warning: Permanently added", "Shared connection"))]
         return explain_ssh_failure(self.endpoint.url, code, lines, exc)
 
@@ -504,9 +512,23 @@ class EngineAPI:
                     f"no answer within {self.endpoint.connect_timeout:g} s (docker_connect_timeout); "
                     "check that the engine runs and is not frozen"
                 ) from None
+            except EngineConnectError:
+                raise
+            except OSError as exc:
+                raise EngineConnectError(self._explain_os_error(exc)) from None
             finally:
                 self.timeout = saved
             self._contacted = True
+
+    def _explain_os_error(self, exc: OSError) -> str:
+        """Return one line for a socket that could not be opened: the reason and what to check."""
+        reason = f"[Errno {exc.errno}] {exc.strerror}" if exc.errno is not None else str(exc)
+        if self.endpoint.scheme == "unix":
+            return f"cannot connect: {reason}; check the socket path in docker_host and that dockerd runs"
+        return (
+            f"cannot connect: {reason}; check the host and port in docker_host and that dockerd listens there "
+            "(dockerd -H tcp://ADDRESS:PORT)"
+        )
 
     def _raw(
         self, method: str, path: str, body: bytes | None, first: bool = False
