@@ -24,13 +24,17 @@ help:
 setup: system-deps venv
 
 # The Docker engine (docker.io gives dockerd 20.10), busybox-static and Debian's python3.11 for the
-# sandbox scenario's locally made base images (no registry is reachable).
+# sandbox scenario's locally made base images (no registry is reachable); openssh (ssh:// engines, and the
+# sandbox's sshd for `--transport ssh`) and openssl (the sandbox's TLS certificates).
 system-deps:
 	@missing=""; \
 	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
 	dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
 	[ -x /usr/bin/python3.11 ] || missing="$$missing python3.11"; \
 	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v ssh >/dev/null 2>&1 || missing="$$missing openssh-client"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "error: need$$missing; run as root (or install them) and retry" >&2; exit 2; fi; \
 	  echo "installing:$$missing"; \

@@ -262,7 +262,9 @@ def layer_sizes_from_history(
     return result[:n_layers], exact
 
 
-def _resolve_entry(entries: list[dict[str, Any]], i: int, layer_count: Callable[[str], int | None]) -> str | None:
+def _resolve_entry(
+    entries: list[dict[str, Any]], i: int, layer_count: Callable[[str], int | None]
+) -> str | None:
     """Return "layer"/"meta" for entry ``i``: does its intermediate image have more layers than its parent?"""
     ident = str(entries[i].get("Id") or "")
     if not ident.startswith("sha256:"):
