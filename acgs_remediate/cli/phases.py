@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import UsageError
+from ..errors import EXIT_PARTIAL, UsageError
 from ..phases import PHASE_NAMES, get_spec
 from ..plan import PHASE1
 from ..state import StateStore
@@ -147,7 +147,7 @@ def plan_cmd(
             f"acgs-remediate {phase} --plan {escape(str(output))}"
         )
     if planned.unreachable:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 # -- running a phase --------------------------------------------------------------------------------
