@@ -737,7 +737,12 @@ def _saved_plans_if_unchanged(
     lines: list[str] = []
     for name in sorted(snapshots):
         now = spec.fingerprint(plans[name], snapshots[name], policies[name])
-        lines += drift(name, record.hosts[name].fingerprint, now)
+        was = record.hosts[name].fingerprint
+        if set(now.images) != set(was.images) or set(now.extra) != set(was.extra):
+            # Recorded facts that do not cover exactly what the actions touch: the file was edited.
+            lines.append(f"{name}: the plan's actions and the facts recorded for them do not match (edited file?)")
+            continue
+        lines += drift(name, was, now)
     if lines:
         raise StalePlanError(
             f"refusing the saved plan {path}: the facts it was made from changed on "

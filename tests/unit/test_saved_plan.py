@@ -178,3 +178,19 @@ def test_the_cli_refuses_a_plan_for_hosts_the_inventory_does_not_have(facts, tmp
 def test_plan_refuses_an_unwritable_output_before_reading_facts(tmp_path: Path) -> None:
     line = _one_error(_cli("plan", "phase1", "-o", str(tmp_path / "no" / "dir" / "p.json"), tmp_path=tmp_path))
     assert "is not a directory" in line
+
+
+def test_an_action_added_to_the_file_without_its_facts_is_refused(facts, tmp_path: Path) -> None:
+    from acgs_remediate.orchestrate import StalePlanError, _saved_plans_if_unchanged
+
+    snapshot, policy = facts
+    path = _saved(facts, tmp_path)
+    data = json.loads(path.read_text())
+    host = snapshot.host
+    used = snapshot.containers[0].image_id
+    extra = {"kind": "remove_image", "image_id": used, "reason": "hand-edited", "tags": []}
+    data["hosts"][host]["plan"]["actions"].append(extra)
+    path.write_text(json.dumps(data))
+    with pytest.raises(StalePlanError) as exc:
+        _saved_plans_if_unchanged(SPEC, load_plan(SPEC, path), {host: snapshot}, {host: policy}, path)
+    assert f"{host}: the plan's actions and the facts recorded for them do not match" in exc.value.message
