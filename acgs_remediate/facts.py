@@ -1,7 +1,8 @@
 """Read-only facts: one Docker host's images, layers, containers, volumes and build cache.
 
 Everything here only reads the Engine API, through the project's client (engine.py: unix://, tcp+TLS,
-ssh://). The result is a typed, JSON round-trippable ``HostSnapshot`` that the pure layers (analysis, plan, criteria) work from.
+ssh://). The result is a typed, JSON round-trippable ``HostSnapshot`` that the pure layers (analysis, plan,
+criteria) work from.
 
 Layer sizes: the engine gives each image's layer diff IDs (RootFS.Layers) but no per-layer size.
 We derive chain IDs (what the layer store keys layers by, so two images share a layer iff they share
