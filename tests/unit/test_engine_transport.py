@@ -100,3 +100,14 @@ def test_inventory_transport_variables() -> None:
     assert Endpoint.of(host) == Endpoint("ssh://web-1", ssh_config=host.ssh_config, connect_timeout=3.0)
     with pytest.raises(UsageError, match="docker_connect_timeout must be a positive number of seconds"):
         _host_from_vars("web-1", {"docker_connect_timeout": "soon"}, ())
+
+
+def test_the_client_is_standard_library_only() -> None:
+    # The cleanup module (one process per host, no AnsiballZ) imports it: no pydantic, docker SDK or requests.
+    import subprocess
+    import sys
+
+    heavy = "('pydantic', 'docker', 'requests', 'yaml')"
+    code = f"import sys, acgs_remediate.engine; print(sorted(m for m in {heavy} if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert proc.stdout.strip() == "[]"
