@@ -149,7 +149,13 @@ def main() -> None:
         for transport in ("ssh", "unix"):
             a, f = med[f"{what} {transport}"], med[f"{what} floor {transport}"]
             lines.append(f"| {what} over {transport}:// (floor: {floor_desc}) | {a:.2f} | {f:.2f} | {a / f:.2f}x |")
+    extra = {w: med[f"{w} ssh"] - med[f"{w} unix"] for w in ("analyze", "phase1")}
+    floor_extra = {w: med[f"{w} floor ssh"] - med[f"{w} floor unix"] for w in ("analyze", "phase1")}
     lines += [
+        "",
+        f"What ssh:// costs over unix:// (medians): acgs-remediate analyze {extra['analyze']:+.2f} s, phase1 "
+        f"{extra['phase1']:+.2f} s; the docker CLI floors {floor_extra['analyze']:+.2f} s and "
+        f"{floor_extra['phase1']:+.2f} s.",
         "",
         "Every round: " + "; ".join(f"{k}: " + ", ".join(f"{s:.2f}" for s in v) for k, v in rows.items()),
         "",
