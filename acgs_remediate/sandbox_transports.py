@@ -313,7 +313,7 @@ def stop_sshd(files: SSHFiles, pid: int | None) -> None:
         sessions = _descendants(p)
         try:
             with open(f"/proc/{p}/cmdline", "rb") as f:
-                cmdline = f.read().split(b"\0")
+                cmdline = f.read().replace(b"\0", b" ")  # sshd rewrites it: "sshd: /usr/sbin/sshd -D -f ..."
         except OSError:
             continue
         if str(files.sshd_config).encode() not in cmdline:

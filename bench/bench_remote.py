@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -126,6 +127,7 @@ def main() -> None:
         sb.reseed()
     finally:
         sb.down()
+        shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
     lines = [
         "# ssh:// benchmark",

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TEST_HOSTS, _log
+from conftest import TEST_HOSTS, _log, shared_sandbox_dir
 
 from acgs_remediate.sandbox import Sandbox
 from acgs_remediate.sandbox_transports import SSH_PORT, engine_address, make_ca, sshd_address
@@ -274,3 +274,31 @@ def test_tls_with_a_wrong_ca_or_no_client_certificate_is_refused(remote_sandbox:
     proc = run_cli("analyze", "-i", str(plain), "--state", str(tmp_path / "p.db"))
     (line,) = _unreachable_lines(proc)
     assert "speaks TLS" in line and "docker_tls" in line
+
+
+def _processes_naming(text: str) -> list[str]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{entry}: {cmdline[:120]}")
+    return found
+
+
+def test_sandbox_down_ends_the_sshd_and_leaves_nothing(engines_available: None, tmp_path: Path) -> None:
+    sb = Sandbox(Path(f"{shared_sandbox_dir()}d"))
+    try:
+        sb.up(1, None, log=_log, transport="ssh,tls")
+        inventory = sb.directory / "inventory-ssh.yml"
+        proc = run_cli("analyze", "-i", str(inventory), "--state", str(tmp_path / "s.db"), "--format", "json")
+        assert proc.returncode in (0, 1) and _json(proc)["summary"]["unreachable"] == 0, proc.stderr
+        assert _processes_naming(f"{sb.directory}/ssh/sshd_config"), "the sshd should run while the sandbox is up"
+    finally:
+        sb.down(log=_log)
+    assert not sb.directory.exists()
+    assert _processes_naming(str(sb.directory)) == []
