@@ -253,19 +253,24 @@ def smoke_test(
     """Start ``image`` (``--init``, host network, ``env``), wait for its HEALTHCHECK, then remove it.
 
     Runs the image's own HEALTHCHECK command; ``interval`` (seconds) replaces its interval so that the first
-    check comes quickly (None keeps the image's). Waits at most start_period + (interval + timeout) x
-    retries + ``margin`` seconds. Fails when the image has no HEALTHCHECK, the container exits, the check
-    reports unhealthy, or the time is up; the reason quotes the last check output or the container's
-    last log lines. The container is stopped and removed in every case (nothing is left behind).
+    check comes quickly (None keeps the image's), and the image's failure budget (interval x retries) is
+    added to the start period so that a slow start is judged as the image would judge it. Waits at most
+    start_period + (interval + timeout) x retries + ``margin`` seconds. Fails when the image has no
+    HEALTHCHECK, the container exits, the check reports unhealthy, or the time is up; the reason quotes the
+    last check output or the container's last log lines. The container is stopped and removed in every
+    case (nothing is left behind).
     """
     attrs = client.images.get(image).attrs
     hc = _health_config(attrs)
     if hc is None:
         return GateResult(gate="smoke_test", passed=False, reason="the image has no HEALTHCHECK")
-    every = interval if interval is not None else hc.get("Interval", 30 * _NS) / _NS
+    image_interval = hc.get("Interval", 30 * _NS) / _NS or 30.0
     timeout = hc.get("Timeout", 30 * _NS) / _NS or 30.0
-    start_period = hc.get("StartPeriod", 0) / _NS
     retries = hc.get("Retries", 3) or 3
+    every = interval if interval is not None else image_interval
+    # Probing every ``interval`` seconds must not judge sooner than the image's own check would: the
+    # image tolerates start_period + interval x retries of failures, so that much becomes the start period.
+    start_period = hc.get("StartPeriod", 0) / _NS + (image_interval * retries if interval is not None else 0)
     bound = start_period + (every + timeout) * retries + margin
     config = {
         "test": hc["Test"],

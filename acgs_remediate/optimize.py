@@ -75,11 +75,12 @@ DEV_PACKAGES = (
     "nox",
     "hypothesis",
 )
-# Words in a RUN step that give away development tooling (compilers, notebook servers, test tools).
-_DEV_WORDS = re.compile(
-    r"(?<![\w.-])(jupyter\w*|notebook|ipython|ipykernel|pytest|gcc|g\+\+|cc1(plus)?|clang|make|cmake|"
-    r"build-essential|gdb)(?![\w.+-])|/usr/lib/gcc/|-dev\b",
-    re.I,
+# A path component that places a development tool (compilers, notebook servers, test tools).
+_DEV_COMPONENT = re.compile(r"^(jupyter\w*|ipykernel|pytest|_pytest|gcc|g\+\+|clang[\w.+-]*|cc1(plus)?)$", re.I)
+# System packages that are development tools (apt/apk/yum names).
+_DEV_SYSTEM_PACKAGE = re.compile(
+    r"^(build-essential|gcc(-\d+)?|g\+\+(-\d+)?|cpp(-\d+)?|make|cmake|clang(-\d+)?|gdb|musl-dev|[\w.+-]+-dev|"
+    r"[\w.+-]+-devel|jupyter[\w-]*|ipython3?|python3?-(pytest|dev)[\w-]*)$"
 )
 _PIP_RE = re.compile(r"(^|[\s/])(pip3?(\.whl/pip)?|python3?(\.\d+)?\s+-m\s+pip)\s+install\b")
 _PKG_MANAGER_RE = re.compile(r"\b(apt-get|apt|apk|yum|dnf|microdnf|zypper|conda|mamba)\b\s+(-\S+\s+)*(install|add)\b")
@@ -438,34 +439,59 @@ def _referenced_text(root: Path, patterns: list, limit: int = 1_000_000) -> str:
     return "\n".join(chunks)
 
 
+def _system_packages(value: str) -> list[str]:
+    """Return the package names a RUN installs with apt-get/apk/yum/dnf (words after install/add)."""
+    names: list[str] = []
+    for segment in _segments(value):
+        words = segment.split()
+        for verb in ("install", "add"):
+            if verb in words and _PKG_MANAGER_RE.search(segment):
+                names += [w for w in words[words.index(verb) + 1 :] if not w.startswith("-")]
+    return names
+
+
+def _dev_tool_of(path: str) -> str | None:
+    for part in path.split("/"):
+        if _DEV_COMPONENT.match(part):
+            return "gcc" if part.startswith(("cc1", "g++")) else part
+    return None
+
+
 def _classify_run(value: str, line: int, code_text: str) -> str:
-    """Return why a final-stage RUN is dropped; raise _NotUnderstood when it cannot be accounted for."""
+    """Return why a final-stage RUN is dropped; raise _NotUnderstood when it cannot be accounted for.
+
+    Dropped: system packages that are all development tools; a step that only places files in development
+    tool locations (/usr/lib/gcc/..., /opt/jupyter/...), or only in package-manager caches; a step that only
+    bundles /opt/<name> when nothing in the service's code or requirements names <name>. Anything else
+    (building with make, system libraries, scripts) is not understood: never dropped on a guess.
+    """
     if _PKG_MANAGER_RE.search(value):
-        words = [w for w in re.split(r"\s+", value) if w and not w.startswith("-")]
-        if all(
-            _DEV_WORDS.search(w) or w in ("apt-get", "apt", "apk", "install", "add", "update", "&&", "yum", "dnf")
-            for w in words
-        ):
-            return f"line {line}: development packages ({value.strip()[:80]}) never go into the final stage"
+        packages = _system_packages(value)
+        dev = [p for p in packages if _DEV_SYSTEM_PACKAGE.match(p)]
+        if packages and len(dev) == len(packages):
+            return f"line {line}: development packages ({', '.join(dev)}) never go into the final stage"
         raise _NotUnderstood(
-            f"line {line}: installs system packages ({value.strip()[:80]}): the generator cannot tell runtime "
-            "libraries from build tools; name an optimized Dockerfile in services[].optimized_dockerfile"
+            f"line {line}: installs system packages ({', '.join(packages) or value.strip()[:60]}): the generator "
+            "cannot tell runtime libraries from build tools; name an optimized Dockerfile in "
+            "services[].optimized_dockerfile"
         )
-    dev = _DEV_WORDS.search(value)
-    if dev:
-        word = "gcc" if "gcc" in dev.group(0) else dev.group(0).strip("/")
-        return f"line {line}: development tool ({word}) never goes into the final stage"
     paths = [p for p in re.findall(r"(?<![\w.-])(/[\w./+-]+)", value) if not p.startswith(("/dev/", "/tmp"))]
-    if paths and all(p.startswith(_CACHE_DIRS) for p in paths):
-        return f"line {line}: package-manager cache ({paths[0]}) never goes into the final stage"
-    bundles = {m.group(1) for p in paths if (m := re.match(r"^/opt/([\w.+-]+)(/|$)", p))}
-    if paths and len(bundles) == 1 and all(p.startswith("/opt/") for p in paths):
-        name = next(iter(bundles))
-        if not re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", code_text, re.I):
-            return (
-                f"line {line}: bundles /opt/{name}, which nothing in the service's code or requirements "
-                "names (left out of the final stage)"
-            )
+    commands = {seg.split()[0] for seg in _segments(value) if seg.split()}
+    places_only = commands <= {"mkdir", "head", "touch", "truncate", "dd", "echo", "printf", "cp", "ln", "rm", "chmod"}
+    if paths and places_only:
+        tools = [_dev_tool_of(p) for p in paths]
+        if all(tools):
+            return f"line {line}: development tool ({tools[0]}) never goes into the final stage"
+        if all(p.startswith(_CACHE_DIRS) for p in paths):
+            return f"line {line}: package-manager cache ({paths[0]}) never goes into the final stage"
+        bundles = {m.group(1) for p in paths if (m := re.match(r"^/opt/([\w.+-]+)(/|$)", p))}
+        if len(bundles) == 1 and all(p.startswith("/opt/") for p in paths):
+            name = next(iter(bundles))
+            if not re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", code_text, re.I):
+                return (
+                    f"line {line}: bundles /opt/{name}, which nothing in the service's code or requirements "
+                    "names (left out of the final stage)"
+                )
     raise _NotUnderstood(
         f"line {line}: RUN {value.strip()[:80]!r} is neither a dependency install nor a known development "
         "tool; name an optimized Dockerfile in services[].optimized_dockerfile"

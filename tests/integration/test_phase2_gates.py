@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,17 +35,19 @@ def _buildkit(
     docker_host: str, context: Path, dockerfile: Path | None, tag: str, stdin: str | None = None
 ) -> tuple[str, float]:
     """Build with BuildKit, network none; return (image ID, seconds). Raises AssertionError with the log."""
-    iid = context / f".iid-{tag.replace('/', '_').replace(':', '_')}"
-    cmd = [DOCKER_20, "-H", docker_host, "build", "--network", "none", "--iidfile", str(iid), "-t", tag]
-    cmd += ["-f", str(dockerfile) if dockerfile else "-", str(context)]
-    env = {**os.environ, "DOCKER_BUILDKIT": "1", "DOCKER_CONFIG": str(context / ".docker-config")}
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env, timeout=600, check=False)
-    seconds = time.monotonic() - t0
-    assert proc.returncode == 0, f"build of {tag} failed:\n{proc.stderr[-3000:]}"
-    image_id = iid.read_text().strip()
-    iid.unlink()
-    return image_id, seconds
+    scratch = Path(tempfile.mkdtemp(prefix="acgs-bk-"))  # outside the context: never sent with it
+    try:
+        iid = scratch / "iid"
+        cmd = [DOCKER_20, "-H", docker_host, "build", "--network", "none", "--iidfile", str(iid), "-t", tag]
+        cmd += ["-f", str(dockerfile) if dockerfile else "-", str(context)]
+        env = {**os.environ, "DOCKER_BUILDKIT": "1", "DOCKER_CONFIG": str(scratch / "config")}
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env, timeout=600, check=False)
+        seconds = time.monotonic() - t0
+        assert proc.returncode == 0, f"build of {tag} failed:\n{proc.stderr[-3000:]}"
+        return iid.read_text().strip(), seconds
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _leftovers(client: docker.DockerClient) -> tuple[set[str], set[str], list[str]]:

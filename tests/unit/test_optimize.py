@@ -197,6 +197,11 @@ def _service_tree(tmp_path: Path, dockerfile: str, files: dict[str, str] | None 
             "installs a local project",
         ),
         ("RUN echo hi\n", None, "before the first FROM"),
+        (  # building something is never dropped on a guess, even with a development tool's name in it
+            'FROM python:3.11\nCOPY . /app\nRUN make -C /app\nCMD ["python", "/app/app/main.py"]\n',
+            None,
+            "RUN 'make -C /app' is neither a dependency install nor a known development tool",
+        ),
     ],
 )
 def test_a_build_it_does_not_understand_is_skipped_with_the_reason(
@@ -246,3 +251,17 @@ def test_writing_shows_the_diff_and_never_overwrites_a_hand_edit(policy: Policy,
 def test_generation_is_deterministic(policy: Policy) -> None:
     service = next(s for s in policy.services if s.name == "gs")
     assert optimize.generate(service, policy) == optimize.generate(service, policy)
+
+
+def test_development_system_packages_are_dropped_with_a_note(tmp_path: Path) -> None:
+    policy = _service_tree(
+        tmp_path,
+        "FROM python:3.11\nCOPY . /app\nRUN apt-get update && apt-get install -y --no-install-recommends "
+        "build-essential gcc libffi-dev\nRUN pip install -r /app/requirements.txt\n"
+        'CMD ["python", "/app/app/main.py"]\n',
+    )
+    defn = optimize.generate(policy.services[0], policy)
+    assert defn.status == "generated", defn.reason
+    assert "apt-get" not in str(defn.dockerfile) and "gcc" not in str(defn.dockerfile)
+    assert any("development packages (build-essential, gcc, libffi-dev)" in n for n in defn.notes)
+    assert "HEALTHCHECK" in str(defn.dockerfile) and "http://127.0.0.1:8080/health" in str(defn.dockerfile)

@@ -85,7 +85,9 @@ def test_service_sizes_keep_every_relation_of_the_report(scen: sc.Scenario) -> N
     assert scen.scaled("70.7GB") == 3_535_000_000
 
 
-def test_every_service_context_and_dockerfile_exists(scen: sc.Scenario, sources: Path, tmp_path: Path) -> None:
+def test_every_service_context_and_dockerfile_exists(
+    scen: sc.Scenario, sources: Path, tmp_path: Path
+) -> None:
     policy = Policy.model_validate(sc.policy_vars(scen, sources, None))
     for svc in policy.services:
         context = policy.service_context(svc)
@@ -109,7 +111,10 @@ def test_sources_carry_the_report_defects(scen: sc.Scenario, sources: Path) -> N
     gs_runs = (sources / scen.service("gs").dockerfile).read_text()
     assert "requirements-dev.txt" in gs_runs and "jupyter" in gs_runs  # dev tools in the final image
     # The failing COPY lines, as the report quotes them.
-    assert "COPY services/core/policy-governance/pgc_service/requirements.txt" in (sources / pgc.dockerfile).read_text()
+    assert (
+        "COPY services/core/policy-governance/pgc_service/requirements.txt"
+        in (sources / pgc.dockerfile).read_text()
+    )
     assert "COPY alembic.ini /app/alembic.ini" in (sources / alembic.dockerfile).read_text()
     # An oversized build context: junk that a .dockerignore would have kept out.
     junk = sum(parse_size(j.size) for j in scen.context_junk)
