@@ -963,3 +963,53 @@ def write_definition(defn: BuildDefinition, *, force: bool = False, dry_run: boo
         os.replace(tmp, path)
         result.written.append(str(path))
     return result
+
+
+# ---------------------------------------------------------------- building without touching the source tree
+
+
+def stage_definition(defn: BuildDefinition, directory: Path) -> Path:
+    """Write the definition's Dockerfile and its ignore file into ``directory``; return the Dockerfile's path.
+
+    For a build that must not write into the source tree: ``docker build -f <returned path> <context>``
+    with BuildKit reads ``<Dockerfile>.dockerignore`` next to the Dockerfile even outside the context
+    (measured on docker 20.10). Raises UsageError for a "not-understood" definition.
+    """
+    if not defn.understood or defn.dockerfile is None:
+        raise UsageError(f"{defn.service}: nothing to build ({defn.verdict})", hint="see the reason above")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    dockerfile = directory / posixpath.basename(str(defn.dockerfile_path))
+    dockerfile.write_text(defn.dockerfile)
+    ignore = Path(f"{dockerfile}.dockerignore")
+    if defn.dockerignore is not None:
+        ignore.write_text(defn.dockerignore)
+    elif ignore.exists():
+        ignore.unlink()
+    return dockerfile
+
+
+def context_paths(defn: BuildDefinition) -> list[str]:
+    """Return the context files the build sends (its ignore file applied), relative and sorted.
+
+    What a content hash of the build's inputs covers (with the Dockerfile text and build args); an "as-is"
+    definition without its own ignore file sends the whole context minus the root .dockerignore.
+    """
+    root = Path(defn.context)
+    text = defn.dockerignore
+    if text is None and (root / ".dockerignore").is_file():
+        text = (root / ".dockerignore").read_text(errors="replace")
+    patterns = parse_dockerignore(text or "")
+    has_exceptions = any(p.exclusion for p in patterns)
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
+        dirnames[:] = sorted(
+            d for d in dirnames if has_exceptions or not is_ignored(f"{rel_dir}/{d}" if rel_dir else d, patterns)
+        )
+        for name in filenames:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if not is_ignored(rel, patterns):
+                out.append(rel)
+    return sorted(out)

@@ -265,3 +265,15 @@ def test_development_system_packages_are_dropped_with_a_note(tmp_path: Path) -> 
     assert "apt-get" not in str(defn.dockerfile) and "gcc" not in str(defn.dockerfile)
     assert any("development packages (build-essential, gcc, libffi-dev)" in n for n in defn.notes)
     assert "HEALTHCHECK" in str(defn.dockerfile) and "http://127.0.0.1:8080/health" in str(defn.dockerfile)
+
+
+def test_a_build_can_be_staged_outside_the_source_tree(policy: Policy, tmp_path: Path) -> None:
+    service = next(s for s in policy.services if s.name == "integrity")
+    defn = optimize.generate(service, policy)
+    dockerfile = optimize.stage_definition(defn, tmp_path / "stage")
+    assert dockerfile.read_text() == defn.dockerfile
+    assert Path(f"{dockerfile}.dockerignore").read_text() == defn.dockerignore
+    assert not (Path(defn.context) / "Dockerfile.optimized").exists()  # the source tree is untouched
+    sent = optimize.context_paths(defn)
+    assert "app/main.py" in sent and "requirements.txt" in sent
+    assert not any(p.startswith("logs/") for p in sent)
