@@ -462,8 +462,14 @@ def _select(
             rank += 1
             take(img, rank)
             deferred.remove(img)
+    gone = set(freed.removed)
     for img in deferred:
-        kept[img.id] = "removing it frees nothing: its layers stay with images built on it or sharing them"
+        layers = set(img.layers)
+        holders = sorted(
+            o.display_name for o in snapshot.images if o.id not in gone and o.id != img.id and layers & set(o.layers)
+        )
+        names = ", ".join(holders[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
+        kept[img.id] = f"removing it frees nothing: its layers stay with images that stay ({names})"
     return chosen, kept
 
 
