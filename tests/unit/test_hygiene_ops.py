@@ -99,6 +99,7 @@ def test_metrics_are_prometheus_text_written_atomically(tmp_path: Path) -> None:
 
 def test_prometheus_can_parse_the_file_when_its_client_is_installed() -> None:
     from prometheus_client import parser  # the parser Prometheus itself ships for Python
+
     text = render([HostMetrics(host="h", ok=True, used_bytes={"images": 1})], T0, 0.1)
     names = {f.name for f in parser.text_string_to_metric_families(text)}
     assert "acgs_hygiene_bytes_used" in names
