@@ -198,6 +198,11 @@ def test_lru_with_a_shared_base_frees_exactly_what_was_predicted(eng: Engine) ->
     snap = collect(Host(name=HOST, docker_host=eng.sock))
     own = {img.id: sum(snap.layer_sizes[c] for c in img.layers[1:]) for img in snap.images if img.id in apps.values()}
     low = used - own[apps[2]] - own[apps[3]]  # exactly: removing app2 and app3 (own layers only) reaches it
+    # The containers are gone: only the engine's events since the first run know the order of use.
+    _, planned, _ = _plan(eng, high_watermark=f"{used - 1}B", low_watermark=f"{low}B")
+    reasons = [a["reason"] for a in planned["plans"][0]["actions"]]
+    assert [a["image_id"] for a in planned["plans"][0]["actions"]] == [apps[2], apps[3]]
+    assert all("(event die of container" in r for r in reasons), reasons
     _, result, _ = eng.hygiene(high_watermark=f"{used - 1}B", low_watermark=f"{low}B")
     row = _row(result)
     assert [r["id"] for r in row["removed_images"]] == [apps[2], apps[3]]
