@@ -313,6 +313,7 @@ class RunReport:
     cells: dict[str, tuple[str, ...]] = field(default_factory=dict)  # host -> summary_columns values
     notes: dict[str, list[str]] = field(default_factory=dict)  # host -> notes column
     diff: list[tuple[str, str]] = field(default_factory=list)  # (style, line) for --diff
+    saved_plan: Path | None = None  # the saved plan the run applied, if any
 
     @property
     def nothing_to_do(self) -> bool:
@@ -341,6 +342,7 @@ class RunReport:
             "hosts": self.rows,
             "unreachable": [u.model_dump() for u in self.unreachable],
             "skipped_done": self.skipped_done,
+            **({"plan_file": str(self.saved_plan)} if self.saved_plan is not None else {}),
         }
 
 
@@ -396,12 +398,18 @@ def _read_and_plan(
     hosts: list[Host],
     policies: dict[str, Policy],
     forks: int,
+    plan: bool = True,
     store: StateStore | None = None,
 ) -> tuple[dict[str, Any], dict[str, HostSnapshot], list[Unreachable]]:
-    """Return (plans, snapshots, unreachable) for ``hosts``: facts read in parallel, then each host planned."""
+    """Return (plans, snapshots, unreachable) for ``hosts``: facts read in parallel, then each host planned.
+
+    ``plan=False`` only reads the facts (plans stay empty): a saved plan is applied instead of a new one.
+    """
     from .facts import collect_many
 
     snapshots, unreachable = collect_many(hosts, forks=forks)
+    if not plan:
+        return {}, snapshots, unreachable
     reachable = {h: policies[h] for h in snapshots}
     prepared = spec.prepare(reachable, _inventory_base(fleet))
     by_name = {h.name: h for h in hosts if h.name in snapshots}
@@ -434,11 +442,13 @@ def plan_phase(
 
     fleet = load_fleet(inventory, hosts)
     policies = policies_of(fleet)
+    if save_to is not None:
+        _check_writable(save_to)
     done: list[str] = []
     # The ledger is read when there is one (hygiene's last use); planning never writes it.
     store = StateStore(state) if state.exists() else None
     try:
-        plans, snapshots, unreachable = _read_and_plan(spec, fleet, fleet.hosts, policies, forks, store)
+        plans, snapshots, unreachable = _read_and_plan(spec, fleet, fleet.hosts, policies, forks, store=store)
         done = _finished(store, [h.name for h in fleet.hosts], spec)
     finally:
         if store is not None:
@@ -470,6 +480,18 @@ class SavedPlan(_Model):
     hosts: dict[str, SavedHostPlan]
 
 
+def _check_writable(path: Path) -> None:
+    """Raise UsageError (exit 2) unless a plan file can be written at ``path``."""
+    path = path.expanduser()
+    if path.is_dir():
+        raise UsageError(f"cannot write the plan to {path}: it is a directory", hint="pass -o FILE")
+    if not path.parent.is_dir():
+        raise UsageError(
+            f"cannot write the plan to {path}: {path.parent} is not a directory",
+            hint="pass -o with a path in an existing directory",
+        )
+
+
 def save_plan(planned: Planned, policies: dict[str, Policy], inventory: Path, path: Path) -> None:
     """Write ``planned`` as a saved plan to ``path`` (atomically: temp file + rename, mode 0600)."""
     import os
@@ -491,11 +513,7 @@ def save_plan(planned: Planned, policies: dict[str, Policy], inventory: Path, pa
         },
     )
     path = path.expanduser()
-    if path.parent and not path.parent.is_dir():
-        raise UsageError(
-            f"cannot write the plan to {path}: {path.parent} is not a directory",
-            hint="pass -o with a path in an existing directory",
-        )
+    _check_writable(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
@@ -664,9 +682,9 @@ def _run(
     locks = None if options.check else store.lock_hosts([h.name for h in todo], run_id)
     try:
         clock = time.monotonic()
-        plans, before, unreachable = _read_and_plan(spec, fleet, todo, policies, options.forks, store)
+        plans, before, unreachable = _read_and_plan(spec, fleet, todo, policies, options.forks, saved is None, store)
         if saved is not None:
-            plans = _saved_plans_if_unchanged(spec, saved, plans, before, policies, options.saved_plan)
+            plans = _saved_plans_if_unchanged(spec, saved, before, policies, options.saved_plan)
         timings = {"facts_and_plan": round(time.monotonic() - clock, 2)}
         planned = Planned(spec, plans, before, unreachable, done, options.saved_plan)
         ui.show(planned)
@@ -716,12 +734,14 @@ def _run(
             status=result.status,
             seconds=round(result.seconds, 2),
             timings=timings,
+            saved_plan=options.saved_plan,
         )
         _summarise(spec, store, report, plans, before, after, result)
         report.diff = spec.diff_lines(result) if options.diff else []
         if not options.check:
             spec.after_run(store, report)
-            store.finish_run(run_id, result.status)
+            applied = f"applied the saved plan {options.saved_plan}" if options.saved_plan else None
+            store.finish_run(run_id, result.status, detail=applied)
         return report
     finally:
         if locks is not None:
@@ -731,7 +751,6 @@ def _run(
 def _saved_plans_if_unchanged(
     spec: PhaseSpec[Any],
     saved: tuple[SavedPlan, dict[str, Any]],
-    fresh: dict[str, Any],
     snapshots: dict[str, HostSnapshot],
     policies: dict[str, Policy],
     path: Path | None,
@@ -743,16 +762,21 @@ def _saved_plans_if_unchanged(
     """
     record, plans = saved
     lines: list[str] = []
-    for name in sorted(fresh):
+    for name in sorted(snapshots):
         now = spec.fingerprint(plans[name], snapshots[name], policies[name])
-        lines += drift(name, record.hosts[name].fingerprint, now)
+        was = record.hosts[name].fingerprint
+        if set(now.images) != set(was.images) or set(now.extra) != set(was.extra):
+            # Recorded facts that do not cover exactly what the actions touch: the file was edited.
+            lines.append(f"{name}: the plan's actions and the facts recorded for them do not match (edited file?)")
+            continue
+        lines += drift(name, was, now)
     if lines:
         raise StalePlanError(
             f"refusing the saved plan {path}: the facts it was made from changed on "
             f"{len({ln.split(':', 1)[0] for ln in lines})} host(s); nothing was changed\n" + "\n".join(lines),
             hint=f"review a new plan: acgs-remediate plan {spec.name} -o {path}",
         )
-    return {name: plans[name] for name in fresh}
+    return {name: plans[name] for name in snapshots}
 
 
 def _finish_unreachable(

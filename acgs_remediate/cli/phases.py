@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import UsageError
+from ..errors import EXIT_PARTIAL, UsageError
 from ..phases import PHASE_NAMES, get_spec
 from ..plan import PHASE1
 from ..state import StateStore
@@ -41,7 +41,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..execute import HostEvent
-    from ..orchestrate import Planned, RunReport
+    from ..orchestrate import PhaseSpec, Planned, RunReport
 
 _STATUS_STYLE = {
     "succeeded": "green",
@@ -147,7 +147,7 @@ def plan_cmd(
             f"acgs-remediate {phase} --plan {escape(str(output))}"
         )
     if planned.unreachable:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 # -- running a phase --------------------------------------------------------------------------------
@@ -236,8 +236,7 @@ class _Terminal:
             yield progress
 
 
-def _emit_summary(report: RunReport, fmt: OutputFormat) -> None:
-    spec = get_spec(report.phase)
+def _emit_summary(spec: PhaseSpec[Any], report: RunReport, fmt: OutputFormat) -> None:
     if fmt is OutputFormat.json:
         print_json(report.to_json())
         return
@@ -277,7 +276,7 @@ def _emit_summary(report: RunReport, fmt: OutputFormat) -> None:
 
 
 def run_phase_command(
-    phase: str,
+    phase: str | PhaseSpec[Any],
     inventory: Path | None,
     hosts: str,
     state: Path | None,
@@ -293,11 +292,15 @@ def run_phase_command(
 ) -> None:
     """Run ``phase`` through the shared flow, print its result, exit with its code (every phase command).
 
+    ``phase``: a phase name, or a PhaseSpec instance when the command configures it (a phase-specific
+    option such as phase 2's ``--write`` becomes a field of its spec).
+
     ``on_report`` receives the run's report before the command exits (hygiene writes its metrics from it).
     """
     from ..orchestrate import RunOptions, run_phase
 
-    spec = get_spec(phase)
+    spec = get_spec(phase) if isinstance(phase, str) else phase
+    phase = spec.name
     ui = _Terminal(phase, fmt)
     options = RunOptions(check=check, diff=diff, yes=yes, force=force, forks=forks, saved_plan=plan_file)
     report = run_phase(spec, inventory, hosts, state_path(state), options, ui)
@@ -311,7 +314,7 @@ def run_phase_command(
         raise typer.Exit(0)
     for style, line in report.diff:
         err.print(Text(line, style=style))
-    _emit_summary(report, fmt)
+    _emit_summary(spec, report, fmt)
     code = report.exit_code()
     if code:
         raise typer.Exit(code)
@@ -380,7 +383,7 @@ def status_cmd(
         entries = store.history(limit=30) if history else []
     finally:
         store.close()
-    phases = sorted({r.phase for r in records} | {PHASE1})
+    phases = sorted({r.phase for r in records} | set(PHASE_NAMES))
     by_host: dict[str, dict[str, Any]] = {}
     for r in records:
         by_host.setdefault(r.host, {})[r.phase] = r

@@ -7,6 +7,9 @@ fact the way another actor on the engine would, and checks whether the saved pla
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from acgs_remediate.models import ContainerFact, HostSnapshot, ImageFact
 from acgs_remediate.orchestrate import Planned, drift, load_plan, save_plan
 from acgs_remediate.phases import get_spec
 
+REPO = Path(__file__).resolve().parents[2]
 CASE = Path(__file__).parent / "cases" / "plan" / "report_fleet_host.json"
 SPEC = get_spec("phase1")
 
@@ -136,3 +140,57 @@ def test_a_tampered_action_is_refused_as_invalid(facts, tmp_path: Path) -> None:
     with pytest.raises(UsageError) as exc:
         load_plan(SPEC, path)
     assert f"hosts.{host}.plan" in exc.value.message or "actions.0.kind" in exc.value.message
+
+
+def _cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI (stdin closed) against the repository's example inventory (no engine reachable)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from acgs_remediate.cli import main; main()", *args, "-i", str(REPO / "inventory")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", "ACGS_REMEDIATE_STATE": str(tmp_path / "s.db")},
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+
+
+def _one_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_the_cli_refuses_a_missing_plan_file_before_touching_any_engine(tmp_path: Path) -> None:
+    line = _one_error(_cli("phase1", "--yes", "--plan", str(tmp_path / "nope.json"), tmp_path=tmp_path))
+    assert "nope.json does not exist" in line
+    assert not (tmp_path / "s.db.locks").exists()  # refused before any host was locked
+
+
+def test_the_cli_refuses_a_plan_for_hosts_the_inventory_does_not_have(facts, tmp_path: Path) -> None:
+    path = _saved(facts, tmp_path)
+    line = _one_error(_cli("phase1", "--yes", "--plan", str(path), tmp_path=tmp_path))
+    assert "names host(s) the inventory" in line and "h1" in line
+
+
+def test_plan_refuses_an_unwritable_output_before_reading_facts(tmp_path: Path) -> None:
+    line = _one_error(_cli("plan", "phase1", "-o", str(tmp_path / "no" / "dir" / "p.json"), tmp_path=tmp_path))
+    assert "is not a directory" in line
+
+
+def test_an_action_added_to_the_file_without_its_facts_is_refused(facts, tmp_path: Path) -> None:
+    from acgs_remediate.orchestrate import StalePlanError, _saved_plans_if_unchanged
+
+    snapshot, policy = facts
+    path = _saved(facts, tmp_path)
+    data = json.loads(path.read_text())
+    host = snapshot.host
+    used = snapshot.containers[0].image_id
+    extra = {"kind": "remove_image", "image_id": used, "reason": "hand-edited", "tags": []}
+    data["hosts"][host]["plan"]["actions"].append(extra)
+    path.write_text(json.dumps(data))
+    with pytest.raises(StalePlanError) as exc:
+        _saved_plans_if_unchanged(SPEC, load_plan(SPEC, path), {host: snapshot}, {host: policy}, path)
+    assert f"{host}: the plan's actions and the facts recorded for them do not match" in exc.value.message
