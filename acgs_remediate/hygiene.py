@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .analysis import image_layer_bytes, reclaimable_bytes
+from .analysis import LayerAccount, image_layer_bytes, reclaimable_bytes
 from .config import Policy, watermark_bytes, watermark_is_percent
 from .models import HostSnapshot, ImageFact
 from .plan import (
@@ -276,24 +276,6 @@ def _lru_key(img: ImageFact, uses: Mapping[str, ImageUse]) -> tuple[datetime, in
     return (when or datetime.max.replace(tzinfo=UTC), -len(img.layers), img.id)
 
 
-class _Freed:
-    """Bytes freed by a growing set of removals, each step counted per unique layer given what remains."""
-
-    def __init__(self, snapshot: HostSnapshot) -> None:
-        self.snapshot = snapshot
-        self.removed: list[str] = []
-        self.total = 0
-
-    def gain(self, image_id: str) -> int:
-        return reclaimable_bytes(self.snapshot, [*self.removed, image_id]) - self.total
-
-    def add(self, image_id: str) -> int:
-        gain = self.gain(image_id)
-        self.removed.append(image_id)
-        self.total += gain
-        return gain
-
-
 def plan_hygiene(
     snapshot: HostSnapshot,
     policy: Policy,
@@ -352,10 +334,10 @@ def plan_hygiene(
         unused = [i for i in unused if i.id not in gone]
 
     # Predicted bytes in the final order (children first), each given what remains after the ones before.
-    freed = _Freed(snapshot)
+    freed = LayerAccount(snapshot)
     actions: list[Action] = []
     for img, why, category in ordered:
-        gain = freed.add(img.id)
+        gain = freed.remove(img.id)
         tags = f"; removes all {len(img.repo_tags)} tags" if len(img.repo_tags) > 1 else ""
         actions.append(
             Action(
@@ -403,10 +385,10 @@ def _select(
     now: datetime,
 ) -> tuple[list[tuple[ImageFact, str, Literal["dangling", "unused"]]], dict[str, str]]:
     """Return the removals in LRU order and why each unused candidate left out stays."""
-    freed = _Freed(snapshot)
+    freed = LayerAccount(snapshot)
     chosen: list[tuple[ImageFact, str, Literal["dangling", "unused"]]] = []
     for img in dangling:
-        freed.add(img.id)
+        freed.remove(img.id)
         age = _human_age(_age(now, img.arrived_at)) if img.arrived_at else "?"
         chosen.append((img, f"dangling image, on this engine for {age}", "dangling"))
     kept: dict[str, str] = {}
@@ -425,7 +407,7 @@ def _select(
         return mark.used_bytes - freed.total - cache_bytes
 
     def take(img: ImageFact, rank: int) -> None:
-        freed.add(img.id)
+        freed.remove(img.id)
         use = uses.get(img.id)
         when = (
             f"last used {_human_age(_age(now, use.last_used))} ago ({use.source})"
