@@ -120,3 +120,29 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         [analyze, "verify", *sorted(str(p) for p in tmp_path.iterdir())], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_metrics_file_in_a_missing_directory_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    h1:\n      docker_host: unix:///nonexistent/docker.sock\n")
+    exe = Path(sys.executable).parent / "acgs-remediate"
+    proc = subprocess.run(
+        [
+            str(exe),
+            "hygiene",
+            "-i",
+            str(inventory),
+            "--state",
+            str(tmp_path / "s.db"),
+            "--yes",
+            "--metrics-file",
+            str(tmp_path / "missing" / "acgs.prom"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == EXIT_USAGE
+    assert "is not a directory" in proc.stderr
+    assert not (tmp_path / "s.db").exists()  # nothing ran: no ledger was even opened
