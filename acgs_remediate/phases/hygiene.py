@@ -76,7 +76,7 @@ class Hygiene(PhaseSpec[HostPlan]):
     title = "Hygiene plan"
     playbook = "hygiene.yml"
     plan_model = HostPlan
-    summary_columns = ("images", "skipped", "watermark")
+    summary_columns = ("images", "skipped", "watermark before")
     repeats = True
 
     def __init__(self) -> None:
