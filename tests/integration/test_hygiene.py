@@ -210,11 +210,27 @@ def test_lru_with_a_shared_base_frees_exactly_what_was_predicted(eng: Engine) ->
     _assert_exact(row)
     assert set(eng.images()) == {base, apps[1]}
     # Down to nothing: app1 goes, then the base with it (its layers free only once its last child is gone).
-    _, result, _ = eng.hygiene(high_watermark="1B", low_watermark="0B")
+    metrics = eng.tmp / "acgs_hygiene.prom"
+    _, result, _ = eng.hygiene("--metrics-file", str(metrics), high_watermark="1B", low_watermark="0B")
     row = _row(result)
     assert [r["id"] for r in row["removed_images"]] == [apps[1], base]
     _assert_exact(row)
     assert eng.images() == {}
+    # node_exporter's textfile collector reads what this run did; status shows the host's last hygiene run.
+    text = metrics.read_text()
+    assert f'acgs_hygiene_bytes_reclaimed_measured{{host="{HOST}"}} {row["measured_freed"]}' in text
+    assert f'acgs_hygiene_images_removed{{host="{HOST}",category="unused"}} 2' in text
+    assert f'acgs_hygiene_errors{{host="{HOST}"}} 0' in text
+    assert "acgs_hygiene_last_success_timestamp_seconds" in text
+    status = subprocess.run(
+        [CLI, "status", "--state", str(eng.state), "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_env(eng.tmp),
+    )
+    last = json.loads(status.stdout)["hosts"][HOST]["hygiene"]
+    assert last["status"] == "succeeded" and last["bytes_freed"] == row["measured_freed"]
 
 
 def test_children_go_before_their_parents(eng: Engine) -> None:
