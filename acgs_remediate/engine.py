@@ -676,6 +676,30 @@ class EngineAPI:
         """GET /images/{ref}/history."""
         return self.call("GET", f"/images/{urllib.parse.quote(ident, safe='/:@')}/history")
 
+    def events(self, since: float, until: float, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        """Return the engine's events between ``since`` and ``until`` (Unix seconds), oldest first.
+
+        With ``until`` set the engine answers the bounded window and ends the stream (newline-separated JSON).
+        """
+        if not self._contacted:
+            self._first_contact()
+        params = {"since": f"{since:.9f}", "until": f"{until:.9f}"}
+        if filters:
+            params["filters"] = json.dumps(filters)
+        status, reason, _headers, payload = self._raw("GET", f"/events?{urllib.parse.urlencode(params)}", None)
+        if status >= 400:
+            raise EngineHTTPError(status, payload.decode(errors="replace").strip() or reason)
+        decoder = json.JSONDecoder()
+        text, pos, out = payload.decode(errors="replace"), 0, []
+        while pos < len(text):
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+            if pos >= len(text):
+                break
+            item, pos = decoder.raw_decode(text, pos)
+            out.append(item)
+        return out
+
     def remove_image(self, ref: str, force: bool = False, noprune: bool = False) -> Any:
         """DELETE /images/{ref} (one image or tag)."""
         params = {"force": "1" if force else "0", "noprune": "1" if noprune else "0"}
