@@ -622,7 +622,7 @@ def ship(
             raise BuildError(
                 image.service, target.name, f"cannot read the host's images: {describe_error(exc)}"
             ) from None
-        method = "registry" if image.digest else "engine"
+        method = "registry" if image.digest or image.registry_repo else "engine"
         if check:
             return ShipResult(target.name, image.service, image.image_id, method, False, False)
         if image.digest:
@@ -666,6 +666,20 @@ def ship(
                 image.service, target.name, f"tagging {image.candidate} failed: {describe_error(exc)}"
             ) from None
     return ShipResult(target.name, image.service, image.image_id, method, True, True, time.monotonic() - t0)
+
+
+def gated_before(builder: Host, source: BuildSource, image: BuiltImage) -> bool:
+    """Return whether ``image`` already passed its gates: it was found (not built now) and the builder's release
+    tag names it (a release tag only ever moves after the gates passed). Spares re-running a smoke test on a
+    re-run with unchanged sources; a changed gate policy therefore applies to the next new build."""
+    if image.built or not image.image_id:
+        return False
+    with engine_api(builder) as api:
+        try:
+            current = _inspect(api, source.release_ref)
+        except Exception:
+            return False
+    return current is not None and current.get("Id") == image.image_id
 
 
 def release(target: Host, image: BuiltImage, source: BuildSource, *, check: bool = False) -> ReleaseResult:
@@ -783,7 +797,7 @@ def build_and_ship(
     def build_one(outcome: ServiceOutcome) -> None:
         try:
             image = build(chosen, outcome.source, check=check, log=log)
-            if gate is not None and image.image_id:
+            if gate is not None and image.image_id and not gated_before(chosen, outcome.source, image):
                 outcome.gates = list(gate(chosen, outcome.source, image))
             if reg and outcome.gates_passed and image.image_id:
                 image = publish(chosen, image, outcome.source, reg, check=check)
@@ -858,8 +872,9 @@ def build_record(
 
 
 def records_for(outcome: ServiceOutcome, hosts: Sequence[str], store: StateStore | None = None) -> list[BuildRecord]:
-    """Return the build records to write for ``outcome``: one per host that holds the image (or every host
-    when the build failed). Nothing when nothing changed and the store already records this source hash.
+    """Return the build records to write for ``outcome``: one per host that holds the image (every host when
+    the build failed or its gates did). Nothing when nothing changed and the store already records this
+    source hash.
 
     An image found already built takes its build seconds from the store's earlier record of the same
     source hash (no record: none is written — a build time never measured is not invented).
@@ -867,6 +882,9 @@ def records_for(outcome: ServiceOutcome, hosts: Sequence[str], store: StateStore
     img = outcome.image
     if img is None:
         return [build_record(outcome, h) for h in hosts] if outcome.error else []
+    if not outcome.gates_passed and img.built:
+        # Built, then gated out: every host learns why its service image did not change.
+        return [build_record(outcome, h) for h in hosts]
     seconds = img.seconds
     if not img.built:
         earlier = _recorded(store, outcome.source.service, img.source_hash, hosts) if store else None
@@ -875,6 +893,8 @@ def records_for(outcome: ServiceOutcome, hosts: Sequence[str], store: StateStore
         if not outcome.changed:
             return []
         seconds = earlier.seconds
+        if not outcome.gates:
+            outcome.gates = list(earlier.gates)  # gated when it was built (see gated_before)
     return [
         build_record(outcome, h, seconds=seconds) for h in hosts if h in outcome.shipped or h in outcome.host_errors
     ]

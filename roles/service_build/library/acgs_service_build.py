@@ -159,7 +159,8 @@ def _built(module, b, p):
         entry = {"service": source.service, "release_ref": source.release_ref, "gates": [], "gates_passed": False}
         try:
             image = b.build(builder, source, check=module.check_mode)
-            gates = list(gate(builder, source, image)) if gate is not None and image.image_id else []
+            run_gates = gate is not None and image.image_id and not b.gated_before(builder, source, image)
+            gates = list(gate(builder, source, image)) if run_gates else []
             entry["gates"] = [g.model_dump() for g in gates]
             entry["gates_passed"] = all(g.passed for g in gates)
             if p["registry"] and entry["gates_passed"] and image.image_id:
