@@ -48,6 +48,7 @@ from .models import BuildRecord, GateVerdict
 if TYPE_CHECKING:
     from .config import Policy
     from .inventory import Host
+    from .models import HostSnapshot, ImageFact
     from .state import StateStore
 
 SOURCE_HASH_LABEL = "org.acgs.source-hash"
@@ -905,6 +906,39 @@ def _recorded(store: StateStore, service: str, digest: str, hosts: Sequence[str]
         for record in store.build_records(host):
             if record.service == service and record.source_hash == digest and record.ok:
                 return record
+    return None
+
+
+# --------------------------------------------------------------------------------------------- planning (pure)
+
+
+def planned_hashes(sources: Sequence[BuildSource], builder: HostSnapshot) -> dict[str, str]:
+    """Return service -> source hash, from the builder's snapshot (its base image IDs); no engine call.
+
+    Raise UsageError naming the service when its Dockerfile does not parse, BuildError naming the service and
+    the builder when a base image is not on the builder's engine. For ``plan phase2``.
+    """
+    out: dict[str, str] = {}
+    for source in sources:
+        ids: dict[str, str] = {}
+        for ref in base_images_of(source):
+            img = builder.image(ref)
+            if img is None:
+                raise BuildError(source.service, builder.host, f"base image {ref} is not on the builder's engine")
+            ids[ref] = img.id
+        out[source.service] = source_hash(source, ids)
+    return out
+
+
+def image_for(snapshot: HostSnapshot, digest: str) -> ImageFact | None:
+    """Return the image on this host built from source hash ``digest`` (its label says so), or None.
+
+    ``plan phase2`` with it: the builder lacking it -> "build"; another host lacking it -> "ship";
+    present but the service's release tag elsewhere -> "release"; else nothing to do.
+    """
+    for img in sorted(snapshot.images, key=lambda i: i.id):
+        if img.labels.get(SOURCE_HASH_LABEL) == digest:
+            return img
     return None
 
 
