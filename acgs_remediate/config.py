@@ -77,7 +77,8 @@ class HealthcheckPolicy(_Strict):
 
 
 class BuildPolicy(_Strict):
-    """How phase 2 builds optimized images: bases, wheelhouse, user, health check, dev-file rules."""
+    """How phase 2 builds optimized images (bases, wheelhouse, user, health check, dev-file rules) and where
+    (the builder host, once per distinct source; build args)."""
 
     builder_base: str = "python:3.11-slim"  # where dependencies are installed (needs pip)
     runtime_base: str = "python:3.11-slim"  # the small final stage
@@ -90,6 +91,10 @@ class BuildPolicy(_Strict):
     healthcheck: HealthcheckPolicy = Field(default_factory=HealthcheckPolicy)
     # A file of the context at least this big that the service's code never names is left out of it.
     big_file: Bytes = 1_000_000
+    # The inventory host whose engine builds every service (once per distinct source); None: the first host.
+    builder: str | None = None
+    # Build arguments given to every service's build (``--build-arg``); part of the source hash.
+    args: dict[str, str] = Field(default_factory=dict)
 
 
 class Criteria(_Strict):
@@ -190,6 +195,9 @@ class Policy(_Strict):
     build: BuildPolicy = Field(default_factory=BuildPolicy)
     criteria: Criteria = Field(default_factory=Criteria)
     hygiene: Hygiene = Field(default_factory=Hygiene)
+    # Where phase 2 pushes built images for the other hosts to pull ("host:port/namespace"); None ships
+    # them engine to engine (export from the builder, load into each host).
+    registry: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$")
 
     @model_validator(mode="after")
     def _unique_services(self) -> Policy:

@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import threading
 import urllib.parse
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -429,6 +430,46 @@ def explain_ssh_failure(url: str, code: int | None, stderr: list[str], exc: Base
     return f"ssh: {what.rstrip('.')}; check {check}"
 
 
+class _SSHHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection over its own ``ssh HOST docker system dial-stdio`` (for calls whose bodies stream).
+
+    Under a command's ControlPath it is one more channel of the host's ssh connection, not another login.
+    """
+
+    def __init__(self, endpoint: Endpoint, timeout: float) -> None:
+        super().__init__("docker", timeout=timeout)
+        self.endpoint = endpoint
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def connect(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(  # noqa: S603 - argv built by ssh_argv, no shell
+                ssh_argv(self.endpoint),
+                stdin=theirs,
+                stdout=theirs,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            ours.close()
+            raise EngineConnectError(f"{self.endpoint.url}: the ssh client is not installed") from None
+        finally:
+            theirs.close()
+        ours.settimeout(self.timeout)
+        self.sock = ours
+
+    def close(self) -> None:
+        super().close()
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
 _streams: dict[Endpoint, _SSHStream] = {}
 _streams_lock = threading.Lock()
 
@@ -652,9 +693,16 @@ class EngineAPI:
         """GET /info."""
         return self.call("GET", "/info")
 
-    def images(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the SDK's name
-        """GET /images/json (intermediate images too with ``all``)."""
-        return self.call("GET", "/images/json", {"only_ids": "0", "all": "1" if all else "0"}) or []
+    def images(  # noqa: A002 - the SDK's names
+        self, name: str | None = None, quiet: bool = False, all: bool = False, filters: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """GET /images/json (intermediate images too with ``all``; by reference ``name``; ``filters``)."""
+        params = {"only_ids": "0", "all": "1" if all else "0"}
+        if filters:
+            params["filters"] = json.dumps({k: v if isinstance(v, list) else [v] for k, v in filters.items()})
+        if name:
+            params["filter"] = name
+        return self.call("GET", "/images/json", params) or []
 
     def df(self) -> dict[str, Any]:
         """GET /system/df."""
@@ -675,6 +723,131 @@ class EngineAPI:
     def history(self, ident: str) -> list[dict[str, Any]]:
         """GET /images/{ref}/history."""
         return self.call("GET", f"/images/{urllib.parse.quote(ident, safe='/:@')}/history")
+
+    # -- Image transfer and tagging (phase 2 ships built images; acgs_remediate.builds), docker.APIClient's
+    # names and answers. Each uses its own connection (over ssh: its own channel): their bodies stream.
+
+    def _stream(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: Iterable[bytes] | bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send one request on a new connection; return it and its (unread) response. Raise EngineHTTPError."""
+        if not self._contacted:
+            self._first_contact()
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        conn: http.client.HTTPConnection = (
+            _SSHHTTPConnection(self.endpoint, self.timeout) if self._ssh else self._factory()
+        )
+        conn.timeout = self.timeout
+        try:
+            # An iterable body without a length goes out chunked (http.client): nothing is buffered whole.
+            conn.request(
+                method, f"{self._prefix}{path}{query}", body=body, headers={"Host": "docker", **(headers or {})}
+            )
+            resp = conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
+        if resp.status >= 400:
+            raw = resp.read()
+            conn.close()
+            try:
+                message = str(json.loads(raw).get("message") or "")
+            except (ValueError, AttributeError):
+                message = raw.decode(errors="replace").strip()
+            raise (EngineNotFound if resp.status == 404 else EngineHTTPError)(resp.status, message or resp.reason)
+        return conn, resp
+
+    @staticmethod
+    def _json_lines(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> Iterator[Any]:
+        """Yield the decoded JSON messages of a progress stream (push, pull, load), then close."""
+        try:
+            buffer = b""
+            while True:
+                chunk = resp.read1(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+            if buffer.strip():
+                yield json.loads(buffer)
+        finally:
+            conn.close()
+
+    def tag(self, image: str, repository: str, tag: str | None = None, force: bool = False) -> bool:
+        """POST /images/{image}/tag; return whether the engine made the tag."""
+        params = {"repo": repository, "tag": tag or "latest"}
+        conn, resp = self._stream("POST", f"/images/{urllib.parse.quote(image, safe='/:@')}/tag", params)
+        resp.read()
+        conn.close()
+        return resp.status == 201
+
+    def push(
+        self,
+        repository: str,
+        tag: str | None = None,
+        stream: bool = False,
+        auth_config: Any = None,
+        decode: bool = False,
+    ) -> Iterator[Any]:
+        """POST /images/{name}/push; yield its progress messages."""
+        # The engine wants an X-Registry-Auth header even for a registry without auth.
+        headers = {"X-Registry-Auth": "e30="}  # base64("{}")
+        conn, resp = self._stream(
+            "POST",
+            f"/images/{urllib.parse.quote(repository, safe='/:@')}/push",
+            {"tag": tag or "latest"},
+            headers=headers,
+        )
+        return self._json_lines(conn, resp)
+
+    def pull(
+        self,
+        repository: str,
+        tag: str | None = None,
+        stream: bool = False,
+        auth_config: Any = None,
+        decode: bool = False,
+    ) -> Iterator[Any]:
+        """POST /images/create (a pull); yield its progress messages."""
+        if tag is None and "@" in repository:
+            repository, tag = repository.split("@", 1)
+        headers = {"X-Registry-Auth": "e30="}
+        conn, resp = self._stream(
+            "POST", "/images/create", {"fromImage": repository, "tag": tag or "latest"}, headers=headers
+        )
+        return self._json_lines(conn, resp)
+
+    def get_image(self, image: str, chunk_size: int = 2 * 1024 * 1024) -> Iterator[bytes]:
+        """Yield the image's archive (what `docker save` writes) in chunks, straight off the connection."""
+        conn, resp = self._stream("GET", f"/images/{urllib.parse.quote(image, safe='/:@')}/get")
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                while True:
+                    chunk = resp.read(chunk_size)
+                    if not chunk:
+                        return
+                    yield chunk
+            finally:
+                conn.close()
+
+        return chunks()
+
+    def load_image(self, data: Iterable[bytes] | bytes, quiet: bool | None = None) -> Iterator[Any]:
+        """Send an image archive to POST /images/load (chunked when ``data`` is an iterable); yield its messages."""
+        params = {"quiet": "1" if quiet else "0"}
+        conn, resp = self._stream(
+            "POST", "/images/load", params, body=data, headers={"Content-Type": "application/x-tar"}
+        )
+        return self._json_lines(conn, resp)
 
     def events(self, since: float, until: float, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
         """Return the engine's events between ``since`` and ``until`` (Unix seconds), oldest first.
@@ -699,6 +872,10 @@ class EngineAPI:
             item, pos = decoder.raw_decode(text, pos)
             out.append(item)
         return out
+
+    def inspect_distribution(self, ref: str) -> dict[str, Any]:
+        """GET /distribution/{ref}/json: the registry's descriptor of ``ref``, asked by the engine."""
+        return self.call("GET", f"/distribution/{urllib.parse.quote(ref, safe='/:@')}/json")
 
     def remove_image(self, ref: str, force: bool = False, noprune: bool = False) -> Any:
         """DELETE /images/{ref} (one image or tag)."""

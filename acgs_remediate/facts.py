@@ -263,9 +263,7 @@ def layer_sizes_from_history(
     return result[:n_layers], exact
 
 
-def _resolve_entry(
-    entries: list[dict[str, Any]], i: int, layer_count: Callable[[str], int | None]
-) -> str | None:
+def _resolve_entry(entries: list[dict[str, Any]], i: int, layer_count: Callable[[str], int | None]) -> str | None:
     """Return "layer"/"meta" for entry ``i``: does its intermediate image have more layers than its parent?"""
     ident = str(entries[i].get("Id") or "")
     if not ident.startswith("sha256:"):
@@ -478,6 +476,15 @@ def disk_usage(host: Host, timeout: float | None = None) -> dict[str, Any]:
     """Return the engine's /system/df answer (one call; what a run measures its bytes freed with)."""
     with _engine_api(host, float(timeout if timeout is not None else host.timeout or 60.0)) as api:
         return _retry(api.df)
+
+
+def engine_api(host: Host, timeout: float | None = None) -> contextlib.AbstractContextManager[Any]:
+    """Return a context manager yielding ``host``'s Engine API client (engine.EngineAPI, any endpoint).
+
+    It answers with docker.APIClient's method names and shapes (phase 2's builds use them to tag, push, pull,
+    export and load images).
+    """
+    return _engine_api(host, float(timeout if timeout is not None else host.timeout or 60.0))
 
 
 @contextlib.contextmanager
