@@ -114,6 +114,15 @@ class DeployPolicy(_Strict):
         return value
 
 
+class BuildPolicy(_Strict):
+    """How phase 2 builds: on which engine, and how the image that passed its gates is tagged."""
+
+    # The inventory host whose engine builds every service (once per distinct source); None: the first host.
+    builder: str | None = None
+    # Build arguments given to every service's build (``--build-arg``); part of the source hash.
+    args: dict[str, str] = Field(default_factory=dict)
+
+
 class Policy(_Strict):
     """Everything that decides what is oversized, what may go and what must stay."""
 
@@ -131,6 +140,10 @@ class Policy(_Strict):
     wheelhouse: str | None = None
     criteria: Criteria = Field(default_factory=Criteria)
     deploy: DeployPolicy = Field(default_factory=DeployPolicy)
+    # Where phase 2 pushes built images for the other hosts to pull ("host:port/namespace"); None ships
+    # them engine to engine (export from the builder, load into each host).
+    registry: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$")
+    build: BuildPolicy = Field(default_factory=BuildPolicy)
 
     @model_validator(mode="after")
     def _unique_services(self) -> Policy:
