@@ -27,7 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import HealthcheckSpec
+from .config import HealthcheckSpec, Policy
+from .models import BuildRecord
 
 # Images a deployment replaced keep a tag saying what they are, so that `docker images` shows them to a person
 # and they never count as dangling: REPOSITORY:rollback-<image id, 12 hex> (the form phase 2 uses too).
@@ -401,3 +402,79 @@ def batches(hosts: Sequence[str], canary: int, batch_size: int) -> list[list[str
         out.append(rest[:batch_size])
         rest = rest[batch_size:]
     return out
+
+
+def _registry_repository(registry: str, image: str) -> str:
+    """Return where phase 2 pushed ``image``'s repository in ``registry`` (same rule as builds.registry_repository)."""
+    repo = image.split("@", 1)[0]
+    last = repo.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo = repo[: len(repo) - len(last)] + last.split(":", 1)[0]
+    first, _, rest = repo.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        repo = rest
+    return f"{registry.rstrip('/')}/{repo}"
+
+
+def healthcheck_from_image(config_healthcheck: Mapping[str, Any] | None) -> HealthcheckSpec | None:
+    """Return the image's own HEALTHCHECK (``Config.Healthcheck`` of an image inspect; nanoseconds) or None."""
+    hc = config_healthcheck or {}
+    test = list(hc.get("Test") or [])
+    if not test or test[0] == "NONE":
+        return None
+    ns = 1e9
+    return HealthcheckSpec(
+        test=test,
+        interval=(hc.get("Interval") or 30 * ns) / ns,
+        timeout=(hc.get("Timeout") or 30 * ns) / ns,
+        start_period=(hc.get("StartPeriod") or 0) / ns,
+        retries=int(hc.get("Retries") or 3),
+    )
+
+
+def targets_from_records(
+    records: Sequence[BuildRecord],
+    policy: Policy,
+    services: Mapping[str, ComposeService],
+    image_healthchecks: Mapping[str, HealthcheckSpec | None],
+) -> tuple[dict[str, ServiceTarget], list[str]]:
+    """Return (compose service -> target, notes) from one host's build records (newest first).
+
+    Each policy service deploys the image of its latest build record that succeeded, passed its gates
+    (``released``) and names an image ID; pinned by registry digest when phase 2 shipped it through the
+    policy's registry, else by image ID. Healthcheck: the policy's ``deploy.healthchecks`` entry, else the
+    image's own HEALTHCHECK (``image_healthchecks``: image ID -> it; phase 2's smoke test ran that very check
+    in that very image). Notes say which services have no usable record.
+    """
+    targets: dict[str, ServiceTarget] = {}
+    notes: list[str] = []
+    one_shot = policy.deploy.one_shot
+    for svc in policy.services:
+        name = svc.compose_service or svc.name
+        if name not in services:
+            continue
+        rec = next((r for r in records if r.service == svc.name), None)
+        if rec is None:
+            notes.append(f"{name}: no phase-2 build record: left as it is")
+            continue
+        if not (rec.ok and rec.image_id and rec.released and all(g.passed for g in rec.gates)):
+            why = rec.error or ("its gates did not pass" if rec.ok else "the build failed")
+            notes.append(f"{name}: latest phase-2 build is not deployable ({why}): left as it is")
+            continue
+        ref = rec.image_id
+        if rec.digest and policy.registry:
+            ref = f"{_registry_repository(policy.registry, rec.image)}@{rec.digest}"
+        is_one_shot = name in one_shot if one_shot is not None else services[name].one_shot
+        hc = policy.deploy.healthchecks.get(name) or image_healthchecks.get(rec.image_id)
+        targets[name] = ServiceTarget(
+            service=name, policy_service=svc.name, image=rec.image, image_id=rec.image_id, ref=ref,
+            healthcheck=None if is_one_shot else hc, one_shot=is_one_shot,
+        )
+    return targets, notes
+
+
+def target_compose(text: str, targets: Mapping[str, ServiceTarget]) -> str:
+    """Return the compose file phase 3 deploys: ``text`` with every target pinned and its healthcheck written."""
+    pins = {name: t.ref for name, t in targets.items()}
+    checks = {name: t.healthcheck for name, t in targets.items() if t.healthcheck is not None}
+    return render_compose(text, pins, checks)
