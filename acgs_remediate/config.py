@@ -108,7 +108,7 @@ class DeployPolicy(_Strict):
                     return max(1, int(hosts * pct / 100))
                 value = int(text)
             except ValueError:
-                raise ValueError(f"batch_size must be a host count or a percentage like '25%', not {text!r}")
+                raise ValueError(f"batch_size must be a host count or a percentage like '25%', not {text!r}") from None
         if value < 1:
             raise ValueError("batch_size must be at least 1 host")
         return value

@@ -36,6 +36,10 @@ ROLLBACK_TAG_PREFIX = "rollback-"
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
 COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
 COMPOSE_ONEOFF_LABEL = "com.docker.compose.oneoff"
+COMPOSE_CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
+# A container made outside Compose (no config hash: Compose does not recognise it as its own) is stopped and
+# renamed NAME-acgs-pre-<id12> before Compose creates the service's container; a rollback renames it back.
+ADOPTED_SUFFIX = "-acgs-pre-"
 
 
 class DeployError(ValueError):
@@ -295,6 +299,7 @@ class RunningService(_Model):
     exit_code: int | None = None
     restart_count: int = 0
     started_at: str | None = None
+    compose_managed: bool = True  # created by Compose (it carries Compose's config hash); False: made by hand
 
 
 def plan_deploy(

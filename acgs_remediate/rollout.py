@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .deploy import (
+    ADOPTED_SUFFIX,
+    COMPOSE_CONFIG_HASH_LABEL,
     COMPOSE_ONEOFF_LABEL,
     COMPOSE_PROJECT_LABEL,
     COMPOSE_SERVICE_LABEL,
@@ -143,7 +145,7 @@ def observe(host: Host, project: str) -> dict[str, RunningService]:
             if labels.get(COMPOSE_PROJECT_LABEL) != project or labels.get(COMPOSE_ONEOFF_LABEL) == "True":
                 continue
             svc = labels.get(COMPOSE_SERVICE_LABEL)
-            if not svc:
+            if not svc or any(ADOPTED_SUFFIX in n for n in c.get("Names") or []):
                 continue
             if svc not in newest or int(c.get("Created") or 0) > int(newest[svc].get("Created") or 0):
                 newest[svc] = c
@@ -168,6 +170,7 @@ def observe(host: Host, project: str) -> dict[str, RunningService]:
                 exit_code=state.get("ExitCode") if state.get("Status") in ("exited", "dead") else None,
                 restart_count=int(info.get("RestartCount") or 0),
                 started_at=state.get("StartedAt"),
+                compose_managed=COMPOSE_CONFIG_HASH_LABEL in ((info.get("Config") or {}).get("Labels") or {}),
             )
         return out
 
@@ -303,6 +306,7 @@ def switch_host(
                     if c.kind == "switch"}
     t0 = time.monotonic()
     try:
+        adopt(host, unit, [*one_shots, *long_running])
         if one_shots:
             log(f"{host.name}: running {', '.join(one_shots)}")
             compose_up(host, target_text, project_dir, plan.project, one_shots, env)
@@ -327,12 +331,49 @@ def switch_host(
         return result
     result.switch_seconds = time.monotonic() - t0
     store.set_rollback_unit_status(unit_id, "deployed")
+    _drop_adopted(host, unit)
     result.status = "deployed"
     return result
 
 
 class _GateFailed(RuntimeError):
     pass
+
+
+def _adopted_name(svc: RunningService) -> str:
+    return f"{svc.container_name}{ADOPTED_SUFFIX}{svc.container_id[:12]}"
+
+
+def adopt(host: Host, unit: RollbackUnit, services: Sequence[str]) -> list[str]:
+    """Stop and rename the containers of ``services`` that Compose did not create; return their new names.
+
+    Compose only recognises containers carrying its own labels (config hash): one made by hand under the
+    service's name would make ``up`` fail on the name. It is kept, stopped, as NAME-acgs-pre-<id12>, so a
+    rollback can start that very container again; it goes once the host passed its gate.
+    """
+    renamed: list[str] = []
+    with engine_api(host) as api:
+        for name in services:
+            cur = unit.services.get(name)
+            if cur is None or cur.compose_managed:
+                continue
+            api.stop(cur.container_id, timeout=10)
+            api.rename(cur.container_id, _adopted_name(cur))
+            renamed.append(_adopted_name(cur))
+    return renamed
+
+
+def _drop_adopted(host: Host, unit: RollbackUnit) -> None:
+    """Remove the stopped hand-made containers ``adopt`` kept for a rollback (the host passed its gate)."""
+    with engine_api(host) as api:
+        for cur in unit.services.values():
+            if cur.compose_managed or cur.service not in unit.switched:
+                continue
+            try:
+                api.remove_container(cur.container_id)
+            except Exception as exc:
+                if "404" not in describe_error(exc) and "No such container" not in describe_error(exc):
+                    raise
 
 
 def rollback_host(
@@ -350,12 +391,16 @@ def rollback_host(
     result = HostRollout(host=host.name, unit_id=unit_id, switched=list(unit.switched))
     defined = compose_services(unit.compose_text)
     back = [s for s in unit.switched if s in unit.services and s in defined and not defined[s].one_shot]
+    by_compose = [s for s in back if unit.services[s].compose_managed]
     try:
-        compose_up(host, unit.rollback_text(), Path(unit.compose_path).parent, unit.project, back, unit.env)
+        _restore_adopted(host, unit, [s for s in back if not unit.services[s].compose_managed])
+        compose_up(host, unit.rollback_text(), Path(unit.compose_path).parent, unit.project, by_compose, unit.env)
         has_hc = {s: defined[s].healthcheck is not None for s in back}
         verdict = watch(host, unit.project, has_hc, [], 0.0, timeout)
     except ComposeError as exc:
         verdict = Verdict(False, str(exc))
+    except Exception as exc:  # the engine refused or went away: the unit stays open for the next run
+        verdict = Verdict(False, describe_error(exc))
     result.rollback_seconds = time.monotonic() - t0
     if verdict.ok:
         result.status = "rolled_back"
@@ -367,6 +412,24 @@ def rollback_host(
         store.set_rollback_unit_status(unit_id, "rollback_failed")
         log(f"{host.name}: rollback did not come back healthy: {verdict.reason}")
     return result
+
+
+def _restore_adopted(host: Host, unit: RollbackUnit, services: Sequence[str]) -> None:
+    """Put the hand-made containers of ``services`` back: drop Compose's container, rename ours back, start it."""
+    with engine_api(host) as api:
+        listed = api.containers(all=True)
+        for name in services:
+            cur = unit.services[name]
+            for c in listed:
+                labels = c.get("Labels") or {}
+                if (labels.get(COMPOSE_PROJECT_LABEL) == unit.project and labels.get(COMPOSE_SERVICE_LABEL) == name
+                        and c["Id"] != cur.container_id and labels.get(COMPOSE_ONEOFF_LABEL) != "True"):
+                    api.stop(c["Id"], timeout=10)
+                    api.remove_container(c["Id"])
+            info = api.inspect_container(cur.container_id)
+            if str(info.get("Name", "")).lstrip("/") != cur.container_name:
+                api.rename(cur.container_id, cur.container_name)
+            api.start(cur.container_id)
 
 
 # -- the fleet ---------------------------------------------------------------------------------------
@@ -391,7 +454,7 @@ def rollout(
     plans: Mapping[str, DeployPlan],
     targets: Mapping[str, Mapping[str, ServiceTarget]],
     previous_texts: Mapping[str, str],
-    target_text: str,
+    target_texts: Mapping[str, str],
     policy: DeployPolicy,
     soak: float,
     run_id: str,
@@ -415,7 +478,7 @@ def rollout(
         with ThreadPoolExecutor(max_workers=max(1, len(batch))) as pool:
             futures = {
                 h: pool.submit(switch_host, store, by_name[h], plans[h], targets[h], previous_texts[h],
-                               target_text, policy, soak, run_id, log)
+                               target_texts[h], policy, soak, run_id, log)
                 for h in batch
             }
             for h, fut in futures.items():

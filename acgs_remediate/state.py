@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from .errors import LockedError, UsageError
 from .deploy import RollbackUnit
+from .errors import LockedError, UsageError
 from .models import Baseline, BuildRecord
 
 PhaseState = Literal["pending", "running", "succeeded", "failed", "interrupted", "rolled_back"]
