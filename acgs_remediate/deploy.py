@@ -299,6 +299,7 @@ class RunningService(_Model):
     exit_code: int | None = None
     restart_count: int = 0
     started_at: str | None = None
+    health_output: str | None = None  # the last health check's output (why it failed)
     compose_managed: bool = True  # created by Compose (it carries Compose's config hash); False: made by hand
 
 

@@ -159,6 +159,8 @@ def observe(host: Host, project: str) -> dict[str, RunningService]:
                 raise
             state = info.get("State") or {}
             health = (state.get("Health") or {}).get("Status")
+            checks = (state.get("Health") or {}).get("Log") or []
+            last_output = " ".join(str(checks[-1].get("Output") or "").split())[-200:] if checks else None
             out[svc] = RunningService(
                 service=svc,
                 container_id=info["Id"],
@@ -169,6 +171,7 @@ def observe(host: Host, project: str) -> dict[str, RunningService]:
                 health=health,
                 exit_code=state.get("ExitCode") if state.get("Status") in ("exited", "dead") else None,
                 restart_count=int(info.get("RestartCount") or 0),
+                health_output=last_output,
                 started_at=state.get("StartedAt"),
                 compose_managed=COMPOSE_CONFIG_HASH_LABEL in ((info.get("Config") or {}).get("Labels") or {}),
             )
@@ -194,7 +197,7 @@ def _problem(svc: str, cur: RunningService | None, first: RunningService | None,
                                      and cur.restart_count > first.restart_count):
         return f"{svc}: crashed and is restarting (restart count {cur.restart_count})"
     if has_hc and cur.health == "unhealthy":
-        return f"{svc}: unhealthy"
+        return f"{svc}: unhealthy ({cur.health_output or 'no output'})"
     return None
 
 
@@ -391,9 +394,12 @@ def rollback_host(
     result = HostRollout(host=host.name, unit_id=unit_id, switched=list(unit.switched))
     defined = compose_services(unit.compose_text)
     back = [s for s in unit.switched if s in unit.services and s in defined and not defined[s].one_shot]
-    by_compose = [s for s in back if unit.services[s].compose_managed]
     try:
-        _restore_adopted(host, unit, [s for s in back if not unit.services[s].compose_managed])
+        # A hand-made container kept by ``adopt`` comes back as itself; once it is gone (the host had passed
+        # its gate), Compose recreates the service from the unit's file, pinned to the recorded image.
+        kept = _adopted_present(host, unit, [s for s in back if not unit.services[s].compose_managed])
+        by_compose = [s for s in back if s not in kept]
+        _restore_adopted(host, unit, kept)
         compose_up(host, unit.rollback_text(), Path(unit.compose_path).parent, unit.project, by_compose, unit.env)
         has_hc = {s: defined[s].healthcheck is not None for s in back}
         verdict = watch(host, unit.project, has_hc, [], 0.0, timeout)
@@ -412,6 +418,17 @@ def rollback_host(
         store.set_rollback_unit_status(unit_id, "rollback_failed")
         log(f"{host.name}: rollback did not come back healthy: {verdict.reason}")
     return result
+
+
+def _adopted_present(host: Host, unit: RollbackUnit, services: Sequence[str]) -> list[str]:
+    """Return which of ``services``' hand-made containers (kept by ``adopt``) still exist."""
+    present: list[str] = []
+    with engine_api(host) as api:
+        ids = {c["Id"] for c in api.containers(all=True)}
+    for name in services:
+        if unit.services[name].container_id in ids:
+            present.append(name)
+    return present
 
 
 def _restore_adopted(host: Host, unit: RollbackUnit, services: Sequence[str]) -> None:

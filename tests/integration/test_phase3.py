@@ -13,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +44,7 @@ s = socket.create_connection((b, int(os.environ.get("ACGS_PORT", "8000"))), time
 s.sendall(b"GET /health HTTP/1.0\\r\\n\\r\\n")
 sys.exit(0 if s.recv(64).split()[1:2] == [b"200"] else 1)
 """
-HEALTHCHECK = 'HEALTHCHECK --interval=1s --timeout=2s --start-period=2s --retries=3 CMD ["python3", "/app/health.py"]'
+HEALTHCHECK = 'HEALTHCHECK --interval=1s --timeout=10s --start-period=15s --retries=3 CMD ["python3", "/app/health.py"]'
 SERVICES = {"auth": "acgs-1-auth_service", "ac": "acgs-1-ac_service"}
 PROJECT = "acgs-1"
 
@@ -116,13 +117,20 @@ def _containers(fleet: Fleet) -> dict[str, dict[str, tuple[str, str | None, str]
             for h in fleet.hosts}
 
 
-def _answers(sandbox: Sandbox, index: int, port: int) -> bool:
+def _answers(sandbox: Sandbox, index: int, port: int, wait: float = 60.0) -> bool:
+    """Return whether the service on ``port`` of host ``index`` answers GET /health (polling up to ``wait`` s)."""
     url = f"http://{sandbox_bind(sandbox, index)}:{port}/health"
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 (loopback only)
-            return resp.status == 200
-    except OSError:
-        return False
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 (loopback only)
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 def sandbox_bind(sandbox: Sandbox, index: int) -> str:
@@ -144,7 +152,7 @@ def test_happy_path_then_a_rerun_changes_nothing(fresh_sandbox: Sandbox, store: 
 
     result = run_phase3(fleet, store)
 
-    assert result.exit_code == 0, result.rollout
+    assert result.exit_code == 0, {h: (r.status, r.reason) for h, r in result.rollout.hosts.items()}
     after = _containers(fleet)
     for i, host in enumerate(fleet.hosts):
         hr = result.rollout.hosts[host.name]
@@ -191,7 +199,7 @@ def test_a_crashing_image_rolls_the_whole_fleet_back(fresh_sandbox: Sandbox, sto
     assert out.hosts[last].status == "rolled_back" and "auth_service" in out.hosts[last].reason
     for i, host in enumerate(fleet.hosts):
         hr = out.hosts[host.name]
-        assert hr.status == "rolled_back", (host.name, hr.reason)
+        assert hr.status == "rolled_back", {h: (r.status, r.reason) for h, r in out.hosts.items()}
         assert hr.rollback_seconds is not None and hr.rollback_seconds < 60
         running = observe(host, PROJECT)
         for svc in ("auth_service", "ac_service"):
