@@ -133,8 +133,8 @@ def compose_services(text: str, one_shot: Sequence[str] | None = None) -> dict[s
     for name, raw in doc["services"].items():
         raw = raw or {}
         restart = str(raw.get("restart", "no"))
-        is_one_shot = name in one_shot if one_shot is not None else restart in ("no", "false") or restart.startswith(
-            "on-failure"
+        is_one_shot = (
+            name in one_shot if one_shot is not None else restart in ("no", "false") or restart.startswith("on-failure")
         )
         services[str(name)] = ComposeService(
             name=str(name),
@@ -340,12 +340,27 @@ def plan_deploy(
                 changes.append(ServiceChange(service=name, kind="keep", from_image=cur_id, to_image=cur_id, reason=why))
             else:
                 why = "one-shot: must run this image once and exit 0"
-                changes.append(ServiceChange(service=name, kind="run_once", from_image=cur_id,
-                                             to_image=target.image_id, to_ref=target.ref, reason=why))
+                changes.append(
+                    ServiceChange(
+                        service=name,
+                        kind="run_once",
+                        from_image=cur_id,
+                        to_image=target.image_id,
+                        to_ref=target.ref,
+                        reason=why,
+                    )
+                )
             continue
         if current is not None and cur_id == target.image_id and current.state == "running":
-            changes.append(ServiceChange(service=name, kind="keep", from_image=cur_id, to_image=cur_id,
-                                         reason="already runs the phase-2 image"))
+            changes.append(
+                ServiceChange(
+                    service=name,
+                    kind="keep",
+                    from_image=cur_id,
+                    to_image=cur_id,
+                    reason="already runs the phase-2 image",
+                )
+            )
             continue
         if current is None:
             why = "no container yet"
@@ -353,8 +368,11 @@ def plan_deploy(
             why = "runs another image"
         else:
             why = f"its container is {current.state}"
-        changes.append(ServiceChange(service=name, kind="switch", from_image=cur_id, to_image=target.image_id,
-                                     to_ref=target.ref, reason=why))
+        changes.append(
+            ServiceChange(
+                service=name, kind="switch", from_image=cur_id, to_image=target.image_id, to_ref=target.ref, reason=why
+            )
+        )
         if target.healthcheck is None:
             notes.append(f"{name}: no healthcheck (neither the image nor the policy has one): running is enough")
     return DeployPlan(host=host, project=project, compose_path=compose_path, changes=changes, notes=notes)
@@ -473,8 +491,13 @@ def targets_from_records(
         is_one_shot = name in one_shot if one_shot is not None else services[name].one_shot
         hc = policy.deploy.healthchecks.get(name) or image_healthchecks.get(rec.image_id)
         targets[name] = ServiceTarget(
-            service=name, policy_service=svc.name, image=rec.image, image_id=rec.image_id, ref=ref,
-            healthcheck=None if is_one_shot else hc, one_shot=is_one_shot,
+            service=name,
+            policy_service=svc.name,
+            image=rec.image,
+            image_id=rec.image_id,
+            ref=ref,
+            healthcheck=None if is_one_shot else hc,
+            one_shot=is_one_shot,
         )
     return targets, notes
 

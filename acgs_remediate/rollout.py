@@ -68,8 +68,11 @@ def compose_binary() -> str:
 
     Raises EnvironmentProblem when there is none.
     """
-    candidates = [os.environ.get(COMPOSE_ENV), str(Path(sys.executable).parent / "docker-compose"),
-                  shutil.which("docker-compose")]
+    candidates = [
+        os.environ.get(COMPOSE_ENV),
+        str(Path(sys.executable).parent / "docker-compose"),
+        shutil.which("docker-compose"),
+    ]
     for c in candidates:
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return c
@@ -103,7 +106,12 @@ class ComposeError(RuntimeError):
 
 
 def compose_up(
-    host: Host, text: str, project_dir: Path, project: str, services: Sequence[str], env: Mapping[str, str],
+    host: Host,
+    text: str,
+    project_dir: Path,
+    project: str,
+    services: Sequence[str],
+    env: Mapping[str, str],
     timeout: float = 300.0,
 ) -> float:
     """Run ``docker compose up -d --no-deps --pull never --no-build SERVICES`` of ``text`` on ``host``.
@@ -116,12 +124,27 @@ def compose_up(
     with tempfile.NamedTemporaryFile("w", suffix=".yml", prefix="acgs-compose-", delete=False) as fh:
         fh.write(text)
         path = fh.name
-    cmd = [compose_binary(), "-f", path, "--project-directory", str(project_dir), "-p", project,
-           "up", "-d", "--no-deps", "--pull", "never", "--no-build", *services]
+    cmd = [
+        compose_binary(),
+        "-f",
+        path,
+        "--project-directory",
+        str(project_dir),
+        "-p",
+        project,
+        "up",
+        "-d",
+        "--no-deps",
+        "--pull",
+        "never",
+        "--no-build",
+        *services,
+    ]
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(cmd, env=compose_env(host, env), capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        proc = subprocess.run(
+            cmd, env=compose_env(host, env), capture_output=True, text=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired:
         raise ComposeError(f"docker compose up did not finish within {timeout:.0f} s") from None
     finally:
@@ -193,8 +216,9 @@ def _problem(svc: str, cur: RunningService | None, first: RunningService | None,
         return f"{svc}: no container"
     if cur.state in ("exited", "dead"):
         return f"{svc}: exited with code {cur.exit_code} (container {cur.container_name})"
-    if cur.state == "restarting" or (first is not None and first.container_id == cur.container_id
-                                     and cur.restart_count > first.restart_count):
+    if cur.state == "restarting" or (
+        first is not None and first.container_id == cur.container_id and cur.restart_count > first.restart_count
+    ):
         return f"{svc}: crashed and is restarting (restart count {cur.restart_count})"
     if has_hc and cur.health == "unhealthy":
         return f"{svc}: unhealthy ({cur.health_output or 'no output'})"
@@ -264,8 +288,14 @@ class HostRollout:
 
 
 def record_unit(
-    store: StateStore, host: Host, plan: DeployPlan, previous_text: str, target_text: str,
-    env: Mapping[str, str], run_id: str, targets: Mapping[str, ServiceTarget],
+    store: StateStore,
+    host: Host,
+    plan: DeployPlan,
+    previous_text: str,
+    target_text: str,
+    env: Mapping[str, str],
+    run_id: str,
+    targets: Mapping[str, ServiceTarget],
 ) -> tuple[int, RollbackUnit]:
     """Write the host's rollback unit to the ledger and tag its images ``REPO:rollback-<id12>``; return it.
 
@@ -274,9 +304,16 @@ def record_unit(
     """
     running = observe(host, plan.project)
     unit = RollbackUnit(
-        host=host.name, project=plan.project, run_id=run_id, recorded_at=datetime.now(UTC),
-        compose_path=plan.compose_path, compose_text=previous_text, env=dict(env), services=running,
-        switched=[c.service for c in plan.actions], target_text=target_text,
+        host=host.name,
+        project=plan.project,
+        run_id=run_id,
+        recorded_at=datetime.now(UTC),
+        compose_path=plan.compose_path,
+        compose_text=previous_text,
+        env=dict(env),
+        services=running,
+        switched=[c.service for c in plan.actions],
+        target_text=target_text,
     )
     unit_id = store.add_rollback_unit(unit)
     with engine_api(host) as api:
@@ -291,8 +328,16 @@ def record_unit(
 
 
 def switch_host(
-    store: StateStore, host: Host, plan: DeployPlan, targets: Mapping[str, ServiceTarget], previous_text: str,
-    target_text: str, policy: DeployPolicy, soak: float, run_id: str, log: Log = _quiet,
+    store: StateStore,
+    host: Host,
+    plan: DeployPlan,
+    targets: Mapping[str, ServiceTarget],
+    previous_text: str,
+    target_text: str,
+    policy: DeployPolicy,
+    soak: float,
+    run_id: str,
+    log: Log = _quiet,
 ) -> HostRollout:
     """Switch one host to ``target_text`` (only the plan's services), watch it; roll it back on failure."""
     result = HostRollout(host=host.name)
@@ -305,8 +350,7 @@ def switch_host(
     result.switched = list(unit.switched)
     project_dir = Path(plan.compose_path).parent
     one_shots = [c.service for c in plan.actions if c.kind == "run_once"]
-    long_running = {c.service: targets[c.service].healthcheck is not None for c in plan.actions
-                    if c.kind == "switch"}
+    long_running = {c.service: targets[c.service].healthcheck is not None for c in plan.actions if c.kind == "switch"}
     t0 = time.monotonic()
     try:
         adopt(host, unit, [*one_shots, *long_running])
@@ -380,7 +424,12 @@ def _drop_adopted(host: Host, unit: RollbackUnit) -> None:
 
 
 def rollback_host(
-    store: StateStore, host: Host, unit_id: int, unit: RollbackUnit, log: Log = _quiet, timeout: float = 120.0,
+    store: StateStore,
+    host: Host,
+    unit_id: int,
+    unit: RollbackUnit,
+    log: Log = _quiet,
+    timeout: float = 120.0,
 ) -> HostRollout:
     """Return ``host`` to exactly ``unit``: its compose file with each switched service on its recorded image.
 
@@ -439,8 +488,12 @@ def _restore_adopted(host: Host, unit: RollbackUnit, services: Sequence[str]) ->
             cur = unit.services[name]
             for c in listed:
                 labels = c.get("Labels") or {}
-                if (labels.get(COMPOSE_PROJECT_LABEL) == unit.project and labels.get(COMPOSE_SERVICE_LABEL) == name
-                        and c["Id"] != cur.container_id and labels.get(COMPOSE_ONEOFF_LABEL) != "True"):
+                if (
+                    labels.get(COMPOSE_PROJECT_LABEL) == unit.project
+                    and labels.get(COMPOSE_SERVICE_LABEL) == name
+                    and c["Id"] != cur.container_id
+                    and labels.get(COMPOSE_ONEOFF_LABEL) != "True"
+                ):
                     api.stop(c["Id"], timeout=10)
                     api.remove_container(c["Id"])
             info = api.inspect_container(cur.container_id)
@@ -494,8 +547,19 @@ def rollout(
         log(f"batch {n + 1}/{len(order)}{' (canary)' if n == 0 and policy.canary else ''}: {', '.join(batch)}")
         with ThreadPoolExecutor(max_workers=max(1, len(batch))) as pool:
             futures = {
-                h: pool.submit(switch_host, store, by_name[h], plans[h], targets[h], previous_texts[h],
-                               target_texts[h], policy, soak, run_id, log)
+                h: pool.submit(
+                    switch_host,
+                    store,
+                    by_name[h],
+                    plans[h],
+                    targets[h],
+                    previous_texts[h],
+                    target_texts[h],
+                    policy,
+                    soak,
+                    run_id,
+                    log,
+                )
                 for h in batch
             }
             for h, fut in futures.items():
@@ -527,7 +591,8 @@ def rollout(
                     prev.status = "rolled_back" if rb.status == "rolled_back" else "failed"
                     prev.rollback_seconds = rb.rollback_seconds
                     prev.reason = f"rolled back with the fleet ({failed[0]} failed)" + (
-                        f"; rollback failed: {rb.reason}" if rb.status != "rolled_back" else "")
+                        f"; rollback failed: {rb.reason}" if rb.status != "rolled_back" else ""
+                    )
                     if on_host:
                         on_host(prev)
         break

@@ -175,9 +175,7 @@ def plan_phase3(fleet: Fleet, store: StateStore, log: Log = _quiet) -> Phase3Pla
             plan.target_texts[host.name] = target_compose(previous, targets)
         except DeployError as exc:
             raise UsageError(f"{compose_path}: {exc}", hint="fix the compose file, then re-run") from None
-    plan.soak = max(
-        soak_seconds(plan.targets[h.name], policies[h.name].deploy.soak) for h in fleet.hosts
-    )
+    plan.soak = max(soak_seconds(plan.targets[h.name], policies[h.name].deploy.soak) for h in fleet.hosts)
     return plan
 
 
@@ -201,10 +199,19 @@ class Phase3Result:
 _LEDGER = {"deployed": "succeeded", "unchanged": "succeeded", "rolled_back": "rolled_back", "failed": "failed"}
 
 
-def run_phase3(fleet: Fleet, store: StateStore, *, check: bool = False, log: Log = _quiet) -> Phase3Result:
+def run_phase3(
+    fleet: Fleet,
+    store: StateStore,
+    *,
+    check: bool = False,
+    log: Log = _quiet,
+    confirm: Callable[[Phase3Plan], bool] | None = None,
+) -> Phase3Result:
     """Run phase 3 on ``fleet``: lock, resume interrupted hosts, plan, (check stops here), roll out, ledger.
 
-    Raises LockedError when another run holds a host, UsageError for bad input (nothing changed).
+    ``confirm`` is shown the plan under the host locks (so what is confirmed is what runs); returning False
+    stops before anything changes. Raises LockedError when another run holds a host, UsageError for bad
+    input (nothing changed).
     """
     run_id = new_run_id(PHASE3)
     names = [h.name for h in fleet.hosts]
@@ -214,7 +221,8 @@ def run_phase3(fleet: Fleet, store: StateStore, *, check: bool = False, log: Log
         plan = plan_phase3(fleet, store, log)
         plan.resumed = resumed
         result = Phase3Result(run_id, plan, check=check)
-        if check:
+        if check or (confirm is not None and not confirm(plan)):
+            result.check = True
             return result
         policy = fleet.policy(fleet.hosts[0]).deploy
         store.begin_run(run_id, PHASE3, names)
@@ -240,15 +248,27 @@ def run_phase3(fleet: Fleet, store: StateStore, *, check: bool = False, log: Log
             store.add_measurement(
                 hr.host,
                 "phase3",
-                {"status": hr.status, "switch_seconds": round(hr.switch_seconds, 2),
-                 "rollback_seconds": None if hr.rollback_seconds is None else round(hr.rollback_seconds, 2)},
+                {
+                    "status": hr.status,
+                    "switch_seconds": round(hr.switch_seconds, 2),
+                    "rollback_seconds": None if hr.rollback_seconds is None else round(hr.rollback_seconds, 2),
+                },
                 run_id=run_id,
             )
 
         t0 = time.monotonic()
         out = rollout(
-            store, fleet.hosts, plan.plans, plan.targets, plan.previous_texts, plan.target_texts, policy,
-            plan.soak, run_id, log=log, on_host=record,
+            store,
+            fleet.hosts,
+            plan.plans,
+            plan.targets,
+            plan.previous_texts,
+            plan.target_texts,
+            policy,
+            plan.soak,
+            run_id,
+            log=log,
+            on_host=record,
         )
         for h, hr in out.hosts.items():
             if hr.status == "pending":
@@ -256,8 +276,11 @@ def run_phase3(fleet: Fleet, store: StateStore, *, check: bool = False, log: Log
         if policy.failure_policy == "rollback_fleet" and out.stopped and changing:
             # The fleet went back: so does the file on disk (the pinned one stays as FILE.rejected to read).
             _write_keeping_previous(plan.compose_path, target, plan.current_text, suffix=".rejected")
-        store.finish_run(run_id, "succeeded" if out.ok else "failed",
-                         detail=out.stopped or f"rollout took {time.monotonic() - t0:.1f} s")
+        store.finish_run(
+            run_id,
+            "succeeded" if out.ok else "failed",
+            detail=out.stopped or f"rollout took {time.monotonic() - t0:.1f} s",
+        )
         result.rollout = out
         return result
 

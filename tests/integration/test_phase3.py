@@ -57,7 +57,11 @@ def _build(host_sock: str, tag: str, dockerfile: str) -> str:
         env = {**os.environ, "DOCKER_BUILDKIT": "1", "DOCKER_HOST": host_sock}
         out = subprocess.run(
             ["/usr/bin/docker", "build", "-q", "--network", "none", "-t", tag, ctx],
-            env=env, capture_output=True, text=True, check=True, timeout=300,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
         )
         return out.stdout.strip().splitlines()[-1]
 
@@ -68,14 +72,27 @@ def _release(store: StateStore, fleet: Fleet, images: dict[str, dict[str, str]])
     for host in fleet.hosts:
         for service, image_id in images[host.name].items():
             repo = SERVICES.get(service, f"acgs-1-{service}")
-            store.add_build_record(BuildRecord(
-                host=host.name, service=service, image=f"{repo}:latest", ok=True, seconds=1.0, finished_at=now,
-                image_id=image_id, released=True,
-            ))
+            store.add_build_record(
+                BuildRecord(
+                    host=host.name,
+                    service=service,
+                    image=f"{repo}:latest",
+                    ok=True,
+                    seconds=1.0,
+                    finished_at=now,
+                    image_id=image_id,
+                    released=True,
+                )
+            )
 
 
-def _build_all(fleet: Fleet, version: str, crash: set[str] = frozenset(), bad_migration: bool = False,
-               hosts_crash: set[str] = frozenset()) -> dict[str, dict[str, str]]:
+def _build_all(
+    fleet: Fleet,
+    version: str,
+    crash: set[str] = frozenset(),
+    bad_migration: bool = False,
+    hosts_crash: set[str] = frozenset(),
+) -> dict[str, dict[str, str]]:
     """Build version ``version`` of auth, ac and the alembic runner on every host; return host -> service -> ID."""
     out: dict[str, dict[str, str]] = {}
     for host in fleet.hosts:
@@ -84,13 +101,18 @@ def _build_all(fleet: Fleet, version: str, crash: set[str] = frozenset(), bad_mi
             cmd = ""
             if service in crash and (not hosts_crash or host.name in hosts_crash):
                 cmd = '\nCMD ["python3", "-c", "import sys; print(\'boom\'); sys.exit(1)"]'
-            ids[service] = _build(host.docker_host, f"{repo}:build-{version}",
-                                  f"FROM {repo}:latest\nCOPY health.py /app/health.py\n"
-                                  f"LABEL org.acgs.test-version={version}\n{HEALTHCHECK}{cmd}\n")
+            ids[service] = _build(
+                host.docker_host,
+                f"{repo}:build-{version}",
+                f"FROM {repo}:latest\nCOPY health.py /app/health.py\n"
+                f"LABEL org.acgs.test-version={version}\n{HEALTHCHECK}{cmd}\n",
+            )
         migrate = '\nCMD ["sh", "-c", "echo migration failed; exit 3"]' if bad_migration else ""
-        ids["alembic-runner"] = _build(host.docker_host, f"acgs-1-alembic-runner:build-{version}",
-                                       f"FROM acgs-1-alembic-runner:latest\nLABEL org.acgs.test-version={version}"
-                                       f"{migrate}\n")
+        ids["alembic-runner"] = _build(
+            host.docker_host,
+            f"acgs-1-alembic-runner:build-{version}",
+            f"FROM acgs-1-alembic-runner:latest\nLABEL org.acgs.test-version={version}{migrate}\n",
+        )
         out[host.name] = ids
     return out
 
@@ -113,8 +135,10 @@ def _volume_checksum(sandbox: Sandbox, index: int) -> str:
 
 def _containers(fleet: Fleet) -> dict[str, dict[str, tuple[str, str | None, str]]]:
     """Return host -> service -> (container ID, StartedAt, image ID)."""
-    return {h.name: {s: (c.container_id, c.started_at, c.image_id) for s, c in observe(h, PROJECT).items()}
-            for h in fleet.hosts}
+    return {
+        h.name: {s: (c.container_id, c.started_at, c.image_id) for s, c in observe(h, PROJECT).items()}
+        for h in fleet.hosts
+    }
 
 
 def _answers(sandbox: Sandbox, index: int, port: int, wait: float = 60.0) -> bool:
@@ -244,3 +268,41 @@ def test_rollback_images_are_kept_by_phase1_planning(fresh_sandbox: Sandbox, sto
     assert run_phase3(fleet, store).exit_code == 0
     kept = rollback_images(collect(host), fleet.policy(host))
     assert old in kept and "rollback" in kept[old]
+
+
+def test_a_run_killed_mid_switch_is_rolled_back_then_finished(fresh_sandbox: Sandbox, store: StateStore) -> None:
+    """The orchestrator dies after recording the unit and starting the switch: the next run converges."""
+    from acgs_remediate.phases.phase3 import plan_phase3
+    from acgs_remediate.rollout import adopt, compose_up, record_unit
+
+    fleet = _fleet(fresh_sandbox)
+    images = _build_all(fleet, "v6")
+    _release(store, fleet, images)
+    host = fleet.hosts[0]
+    before = observe(host, PROJECT)
+    # What a killed run leaves: the unit recorded ("switching"), auth switched, nothing watched or finished.
+    plan = plan_phase3(fleet, store)
+    hp = plan.plans[host.name]
+    _uid, unit = record_unit(
+        store,
+        host,
+        hp,
+        plan.previous_texts[host.name],
+        plan.target_texts[host.name],
+        {},
+        "phase3-killed",
+        plan.targets[host.name],
+    )
+    adopt(host, unit, ["auth_service"])
+    compose_up(host, plan.target_texts[host.name], plan.compose_path.parent, PROJECT, ["auth_service"], {})
+    assert [s for _i, s, _u in store.rollback_units(host.name)] == ["switching"]
+
+    result = run_phase3(fleet, store)
+
+    assert result.plan.resumed[host.name].status == "rolled_back"
+    assert result.exit_code == 0, {h: (r.status, r.reason) for h, r in result.rollout.hosts.items()}
+    running = observe(host, PROJECT)
+    assert running["auth_service"].image_id == images[host.name]["auth"]
+    assert running["auth_service"].health == "healthy"
+    assert running["postgres"].container_id == before["postgres"].container_id
+    assert [s for _i, s, _u in store.rollback_units(host.name)] == ["deployed", "rolled_back"]

@@ -34,13 +34,26 @@ HC = HealthcheckSpec(test=["CMD", "python3", "/app/health.py"], interval=2, time
 
 
 def _running(service: str, image: str, state: str = "running", exit_code: int | None = None) -> RunningService:
-    return RunningService(service=service, container_id=f"id-{service}", container_name=f"acgs-1-{service}-1",
-                          image_id=image, state=state, exit_code=exit_code)
+    return RunningService(
+        service=service,
+        container_id=f"id-{service}",
+        container_name=f"acgs-1-{service}-1",
+        image_id=image,
+        state=state,
+        exit_code=exit_code,
+    )
 
 
 def _target(service: str, image_id: str = NEW, one_shot: bool = False) -> ServiceTarget:
-    return ServiceTarget(service=service, policy_service=service, image=f"acgs-1-{service}:latest",
-                         image_id=image_id, ref=image_id, healthcheck=None if one_shot else HC, one_shot=one_shot)
+    return ServiceTarget(
+        service=service,
+        policy_service=service,
+        image=f"acgs-1-{service}:latest",
+        image_id=image_id,
+        ref=image_id,
+        healthcheck=None if one_shot else HC,
+        one_shot=one_shot,
+    )
 
 
 def test_pinning_keeps_comments_anchors_and_every_other_line() -> None:
@@ -88,13 +101,19 @@ def test_plan_switches_only_changed_services_and_never_the_database() -> None:
     plan = plan_deploy("h1", "acgs-1", "/x/docker-compose.yml", running, services, targets)
     by = {c.service: c for c in plan.changes}
     assert [(c.service, c.kind) for c in plan.actions] == [
-        ("alembic-runner", "run_once"), ("auth_service", "switch"), ("fv_service", "switch")]
+        ("alembic-runner", "run_once"),
+        ("auth_service", "switch"),
+        ("fv_service", "switch"),
+    ]
     assert by["auth_service"].from_image == OLD and by["auth_service"].to_image == NEW
     assert by["postgres"].kind == "keep" and by["ac_service"].kind == "keep"
     assert by["gs_service"].kind == "keep" and "profile governance" in by["gs_service"].reason
     # Re-planning the switched host finds nothing to do.
-    after = {**running, **{n: _running(n, NEW) for n in ("auth_service", "fv_service")},
-             "alembic-runner": _running("alembic-runner", NEW, state="exited", exit_code=0)}
+    after = {
+        **running,
+        **{n: _running(n, NEW) for n in ("auth_service", "fv_service")},
+        "alembic-runner": _running("alembic-runner", NEW, state="exited", exit_code=0),
+    }
     again = plan_deploy("h1", "acgs-1", "/x/docker-compose.yml", after, services, targets)
     assert again.actions == []
 
@@ -125,8 +144,12 @@ def test_batches_canary_then_counts_and_percentages() -> None:
 
 def test_rollback_unit_restores_recorded_ids_even_when_the_tag_moved() -> None:
     unit = RollbackUnit(
-        host="h1", project="acgs-1", run_id="r", recorded_at=datetime(2026, 1, 1, tzinfo=UTC),
-        compose_path="/x/docker-compose.yml", compose_text=COMPOSE,
+        host="h1",
+        project="acgs-1",
+        run_id="r",
+        recorded_at=datetime(2026, 1, 1, tzinfo=UTC),
+        compose_path="/x/docker-compose.yml",
+        compose_text=COMPOSE,
         services={"auth_service": _running("auth_service", OLD), "postgres": _running("postgres", DB)},
         switched=["auth_service"],
     )
@@ -142,23 +165,42 @@ def test_rollback_tag_says_service_and_version() -> None:
 
 
 def test_targets_come_from_the_latest_released_build_record() -> None:
-    policy = Policy.model_validate({
-        "registry": "127.0.0.55:5000/acgs",
-        "services": [
-            {"name": "auth", "image": "acgs-1-auth_service:latest", "context": "a", "compose_service": "auth_service"},
-            {"name": "ac", "image": "acgs-1-ac_service:latest", "context": "b", "compose_service": "ac_service"},
-            {"name": "fv", "image": "acgs-1-fv_service:latest", "context": "c", "compose_service": "fv_service"},
-        ],
-    })
+    policy = Policy.model_validate(
+        {
+            "registry": "127.0.0.55:5000/acgs",
+            "services": [
+                {
+                    "name": "auth",
+                    "image": "acgs-1-auth_service:latest",
+                    "context": "a",
+                    "compose_service": "auth_service",
+                },
+                {"name": "ac", "image": "acgs-1-ac_service:latest", "context": "b", "compose_service": "ac_service"},
+                {"name": "fv", "image": "acgs-1-fv_service:latest", "context": "c", "compose_service": "fv_service"},
+            ],
+        }
+    )
     now = datetime(2026, 1, 1, tzinfo=UTC)
 
     def rec(service: str, image_id: str, **kw: object) -> BuildRecord:
         fields: dict[str, object] = {"released": True, **kw}
-        return BuildRecord(host="h1", service=service, image=f"acgs-1-{service}_service:latest", ok=True,
-                           seconds=1.0, finished_at=now, image_id=image_id, **fields)
+        return BuildRecord(
+            host="h1",
+            service=service,
+            image=f"acgs-1-{service}_service:latest",
+            ok=True,
+            seconds=1.0,
+            finished_at=now,
+            image_id=image_id,
+            **fields,
+        )
 
-    records = [rec("auth", NEW, digest="sha256:" + "e" * 64), rec("ac", NEW), rec("ac", OLD),
-               rec("fv", NEW, released=False)]
+    records = [
+        rec("auth", NEW, digest="sha256:" + "e" * 64),
+        rec("ac", NEW),
+        rec("ac", OLD),
+        rec("fv", NEW, released=False),
+    ]
     targets, notes = targets_from_records(records, policy, compose_services(COMPOSE), {NEW: HC})
     assert targets["auth_service"].ref == "127.0.0.55:5000/acgs/acgs-1-auth_service@sha256:" + "e" * 64
     assert targets["ac_service"].ref == NEW and targets["ac_service"].healthcheck == HC
