@@ -31,9 +31,9 @@ snapshot case files) returning a pydantic plan model with ``host``, ``actions``,
 the extravars ``playbook_vars`` returns); then subclass :class:`PhaseSpec` in ``acgs_remediate/phases/``
 (name, title, playbook, plan_model, plan_host, playbook_vars, plan_tables/plan_markdown, outcome and
 summary_columns; override fingerprint, prepare, applied, shared_failure or diff_lines when the phase
-needs them), add it to ``acgs_remediate.phases.SPECS``, and give it a thin CLI command that calls
-``cli.phases.run_phase_command``. ``plan PHASE``, ``-o``/``--plan``, ``--check``, the ledger and
-``status`` then work for it unchanged.
+needs them), add it to ``_SPECS`` in ``acgs_remediate/phases/__init__.py``, and give it a thin CLI command
+in ``cli/phases.py`` that calls ``run_phase_command`` (and its name in ``cli._COMMAND_MODULES``).
+``plan PHASE``, ``-o``/``--plan``, ``--check``, the ledger and ``status`` then work for it unchanged.
 """
 
 from __future__ import annotations
@@ -200,6 +200,7 @@ class PhaseSpec(ABC, Generic[P]):
 
     name: ClassVar[str]  # "phase1": the command, the ledger's phase, the saved plan's phase
     title: ClassVar[str]  # "Phase 1 plan": the heading of the plan's Markdown
+    shared_step: ClassVar[str] = "a step shared by every host"  # names it in messages (``shared_failure``)
     playbook: ClassVar[str]  # file name under playbooks/ ("phase1_emergency_cleanup.yml")
     plan_model: ClassVar[type[BaseModel]]  # the per-host plan model (saved plans are validated with it)
     summary_columns: ClassVar[tuple[str, ...]] = ()  # phase-specific columns of the result table
@@ -794,7 +795,7 @@ def _summarise(
             if status in ("succeeded", "would change", "no change"):
                 status = "failed"
             if not any(shared in m for m in messages):
-                messages.append(f"build files (shared, on the control node): {shared}")
+                messages.append(f"{spec.shared_step}: {shared}")
         row = {
             "host": name,
             "status": status,

@@ -41,6 +41,7 @@ class Phase1(PhaseSpec[HostPlan]):
     playbook = "phase1_emergency_cleanup.yml"
     plan_model = HostPlan
     summary_columns = ("images", "skipped")
+    shared_step = "build files (shared, on the control node)"
 
     # -- planner ---------------------------------------------------------------------------------
 
