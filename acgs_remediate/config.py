@@ -90,6 +90,10 @@ class BuildPolicy(_Strict):
     healthcheck: HealthcheckPolicy = Field(default_factory=HealthcheckPolicy)
     # A file of the context at least this big that the service's code never names is left out of it.
     big_file: Bytes = 1_000_000
+    # The inventory host whose engine builds every service (once per distinct source); None: the first host.
+    builder: str | None = None
+    # Build arguments given to every service's build (``--build-arg``); part of the source hash.
+    args: dict[str, str] = Field(default_factory=dict)
 
 
 class Criteria(_Strict):
@@ -160,15 +164,6 @@ class DeployPolicy(_Strict):
         return value
 
 
-class BuildPolicy(_Strict):
-    """How phase 2 builds: on which engine, and how the image that passed its gates is tagged."""
-
-    # The inventory host whose engine builds every service (once per distinct source); None: the first host.
-    builder: str | None = None
-    # Build arguments given to every service's build (``--build-arg``); part of the source hash.
-    args: dict[str, str] = Field(default_factory=dict)
-
-
 class Policy(_Strict):
     """Everything that decides what is oversized, what may go and what must stay."""
 
@@ -190,7 +185,6 @@ class Policy(_Strict):
     # Where phase 2 pushes built images for the other hosts to pull ("host:port/namespace"); None ships
     # them engine to engine (export from the builder, load into each host).
     registry: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$")
-    build: BuildPolicy = Field(default_factory=BuildPolicy)
 
     @model_validator(mode="after")
     def _unique_services(self) -> Policy:
