@@ -207,3 +207,29 @@ def test_targets_come_from_the_latest_released_build_record() -> None:
     assert "fv_service" not in targets and any("fv_service" in n for n in notes)
     text = target_compose(COMPOSE, targets)
     assert compose_services(text)["ac_service"].image == NEW
+
+
+def test_rollback_units_survive_in_the_ledger_with_their_state(tmp_path: Path) -> None:
+    from acgs_remediate.state import StateStore
+
+    store = StateStore(tmp_path / "state.db")
+    unit = RollbackUnit(
+        host="h1",
+        project="acgs-1",
+        run_id="r1",
+        recorded_at=datetime(2026, 1, 1, tzinfo=UTC),
+        compose_path="/x/docker-compose.yml",
+        compose_text=COMPOSE,
+        services={"auth_service": _running("auth_service", OLD)},
+        switched=["auth_service"],
+    )
+    uid = store.add_rollback_unit(unit)
+    assert [(i, s) for i, s, _u in store.rollback_units("h1")] == [(uid, "switching")]
+    store.set_rollback_unit_status(uid, "rolled_back")
+    # A second process sees the same unit, exactly.
+    again = StateStore(tmp_path / "state.db")
+    [(got_id, status, got)] = again.rollback_units("h1", statuses=["rolled_back"])
+    assert (got_id, status, got) == (uid, "rolled_back", unit)
+    assert again.rollback_units("h1", statuses=["deployed"]) == []
+    with pytest.raises(ValueError, match="unknown rollback unit state"):
+        again.set_rollback_unit_status(uid, "half-done")
