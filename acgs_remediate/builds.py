@@ -48,6 +48,7 @@ from .models import BuildRecord, GateVerdict
 if TYPE_CHECKING:
     from .config import Policy
     from .inventory import Host
+    from .models import HostSnapshot, ImageFact
     from .state import StateStore
 
 SOURCE_HASH_LABEL = "org.acgs.source-hash"
@@ -113,9 +114,10 @@ def sources_from_policy(
 ) -> list[BuildSource]:
     """Return the build sources of the policy's services (all, or those named in ``services``).
 
-    ``dockerfiles`` overrides a service's Dockerfile (e.g. the optimized one phase 2 generated); relative
-    policy paths are resolved like doctor.py does: the Dockerfile relative to the context, the context
-    relative to ``sources_root``, and that relative to ``base`` (the inventory's directory).
+    ``dockerfiles`` overrides a service's Dockerfile (e.g. the optimized one phase 2 generated and staged),
+    else the service's own ``optimized_dockerfile``, else its ``dockerfile``. Relative policy paths are
+    resolved like doctor.py does: the Dockerfile relative to the context, the context relative to
+    ``sources_root``, and that relative to ``base`` (the inventory's directory).
     Raise UsageError for an unknown service name, a missing context or Dockerfile (exit 2).
     """
     wanted = set(services) if services is not None else None
@@ -129,6 +131,8 @@ def sources_from_policy(
             continue
         context = policy.service_context(svc, base).resolve()
         override = (dockerfiles or {}).get(svc.name)
+        if override is None and svc.optimized_dockerfile:
+            override = Path(svc.optimized_dockerfile)  # the service's own optimized Dockerfile, built as is
         dockerfile = Path(override) if override is not None else Path(svc.dockerfile)
         if not dockerfile.is_absolute():
             dockerfile = context / dockerfile
@@ -622,7 +626,7 @@ def ship(
             raise BuildError(
                 image.service, target.name, f"cannot read the host's images: {describe_error(exc)}"
             ) from None
-        method = "registry" if image.digest else "engine"
+        method = "registry" if image.digest or image.registry_repo else "engine"
         if check:
             return ShipResult(target.name, image.service, image.image_id, method, False, False)
         if image.digest:
@@ -666,6 +670,42 @@ def ship(
                 image.service, target.name, f"tagging {image.candidate} failed: {describe_error(exc)}"
             ) from None
     return ShipResult(target.name, image.service, image.image_id, method, True, True, time.monotonic() - t0)
+
+
+def policy_gate(policy: Policy, address: str = "127.0.98.1") -> Gate:
+    """Return the phase-2 gates of ``policy`` as a Gate: ``gates.run_gates`` on the builder's engine (size cap,
+    expected size, build time, smoke test with the image's HEALTHCHECK, dev-tool scan), each result as a
+    GateVerdict. An image found already built (no build time measured now) skips the build-time gate.
+    ``address``: the 127.x address the smoke-tested service binds on the builder."""
+
+    def gate(builder: Host, source: BuildSource, image: BuiltImage) -> list[GateVerdict]:
+        import docker
+
+        from .gates import run_gates
+
+        service = next(s for s in policy.services if s.name == source.service)
+        client = docker.DockerClient(**builder.docker_client_kwargs())
+        try:
+            report = run_gates(client, image.image_id, service, policy, build_seconds=image.seconds, address=address)
+        finally:
+            client.close()
+        return [GateVerdict(name=r.gate, passed=r.passed, detail=r.reason) for r in report.results]
+
+    return gate
+
+
+def gated_before(builder: Host, source: BuildSource, image: BuiltImage) -> bool:
+    """Return whether ``image`` already passed its gates: it was found (not built now) and the builder's release
+    tag names it (a release tag only ever moves after the gates passed). Spares re-running a smoke test on a
+    re-run with unchanged sources; a changed gate policy therefore applies to the next new build."""
+    if image.built or not image.image_id:
+        return False
+    with engine_api(builder) as api:
+        try:
+            current = _inspect(api, source.release_ref)
+        except Exception:
+            return False
+    return current is not None and current.get("Id") == image.image_id
 
 
 def release(target: Host, image: BuiltImage, source: BuildSource, *, check: bool = False) -> ReleaseResult:
@@ -783,7 +823,7 @@ def build_and_ship(
     def build_one(outcome: ServiceOutcome) -> None:
         try:
             image = build(chosen, outcome.source, check=check, log=log)
-            if gate is not None and image.image_id:
+            if gate is not None and image.image_id and not gated_before(chosen, outcome.source, image):
                 outcome.gates = list(gate(chosen, outcome.source, image))
             if reg and outcome.gates_passed and image.image_id:
                 image = publish(chosen, image, outcome.source, reg, check=check)
@@ -858,8 +898,9 @@ def build_record(
 
 
 def records_for(outcome: ServiceOutcome, hosts: Sequence[str], store: StateStore | None = None) -> list[BuildRecord]:
-    """Return the build records to write for ``outcome``: one per host that holds the image (or every host
-    when the build failed). Nothing when nothing changed and the store already records this source hash.
+    """Return the build records to write for ``outcome``: one per host that holds the image (every host when
+    the build failed or its gates did). Nothing when nothing changed and the store already records this
+    source hash.
 
     An image found already built takes its build seconds from the store's earlier record of the same
     source hash (no record: none is written — a build time never measured is not invented).
@@ -867,6 +908,9 @@ def records_for(outcome: ServiceOutcome, hosts: Sequence[str], store: StateStore
     img = outcome.image
     if img is None:
         return [build_record(outcome, h) for h in hosts] if outcome.error else []
+    if not outcome.gates_passed and img.built:
+        # Built, then gated out: every host learns why its service image did not change.
+        return [build_record(outcome, h) for h in hosts]
     seconds = img.seconds
     if not img.built:
         earlier = _recorded(store, outcome.source.service, img.source_hash, hosts) if store else None
@@ -875,6 +919,8 @@ def records_for(outcome: ServiceOutcome, hosts: Sequence[str], store: StateStore
         if not outcome.changed:
             return []
         seconds = earlier.seconds
+        if not outcome.gates:
+            outcome.gates = list(earlier.gates)  # gated when it was built (see gated_before)
     return [
         build_record(outcome, h, seconds=seconds) for h in hosts if h in outcome.shipped or h in outcome.host_errors
     ]
@@ -885,6 +931,39 @@ def _recorded(store: StateStore, service: str, digest: str, hosts: Sequence[str]
         for record in store.build_records(host):
             if record.service == service and record.source_hash == digest and record.ok:
                 return record
+    return None
+
+
+# --------------------------------------------------------------------------------------------- planning (pure)
+
+
+def planned_hashes(sources: Sequence[BuildSource], builder: HostSnapshot) -> dict[str, str]:
+    """Return service -> source hash, from the builder's snapshot (its base image IDs); no engine call.
+
+    Raise UsageError naming the service when its Dockerfile does not parse, BuildError naming the service and
+    the builder when a base image is not on the builder's engine. For ``plan phase2``.
+    """
+    out: dict[str, str] = {}
+    for source in sources:
+        ids: dict[str, str] = {}
+        for ref in base_images_of(source):
+            img = builder.image(ref)
+            if img is None:
+                raise BuildError(source.service, builder.host, f"base image {ref} is not on the builder's engine")
+            ids[ref] = img.id
+        out[source.service] = source_hash(source, ids)
+    return out
+
+
+def image_for(snapshot: HostSnapshot, digest: str) -> ImageFact | None:
+    """Return the image on this host built from source hash ``digest`` (its label says so), or None.
+
+    ``plan phase2`` with it: the builder lacking it -> "build"; another host lacking it -> "ship";
+    present but the service's release tag elsewhere -> "release"; else nothing to do.
+    """
+    for img in sorted(snapshot.images, key=lambda i: i.id):
+        if img.labels.get(SOURCE_HASH_LABEL) == digest:
+            return img
     return None
 
 

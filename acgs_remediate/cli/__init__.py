@@ -49,6 +49,7 @@ _COMMAND_MODULES = {
     "phase1": "phases",
     "phase3": "deploy",
     "rollback": "deploy",
+    "hygiene": "hygiene",
     "status": "phases",
     "verify": "verify",
 }

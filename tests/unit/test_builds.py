@@ -131,3 +131,25 @@ def test_policy_names_registry_builder_and_build_args(tmp_path: Path) -> None:
         sources_from_policy(policy, services=["nope"])
     with pytest.raises(UsageError, match="registry"):
         parse_policy({"registry": "http://bad registry"}, "test")
+
+
+def test_planning_reads_hashes_and_present_images_from_snapshots(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from acgs_remediate.builds import SOURCE_HASH_LABEL, BuildError, image_for, planned_hashes
+    from acgs_remediate.models import EngineFact, HostSnapshot, ImageFact
+
+    src = _tree(tmp_path / "s")
+    base_id = BASES["acgs-base/python:3.11-slim"]
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    engine = EngineFact(name="e", server_version="20.10", api_version="1.41", storage_driver="overlay2", data_root="/")
+    base = ImageFact(id=base_id, repo_tags=["acgs-base/python:3.11-slim"], created=when, size=1)
+    builder = HostSnapshot(host="b", collected_at=when, engine=engine, images=[base])
+    hashes = planned_hashes([src], builder)
+    assert hashes == {"svc": source_hash(src, BASES)}
+    built = ImageFact(id="sha256:" + "c" * 64, created=when, size=2, labels={SOURCE_HASH_LABEL: hashes["svc"]})
+    other = HostSnapshot(host="h", collected_at=when, engine=engine, images=[base, built])
+    assert image_for(other, hashes["svc"]) == built and image_for(builder, hashes["svc"]) is None
+    empty = HostSnapshot(host="b", collected_at=when, engine=engine)
+    with pytest.raises(BuildError, match="service svc on b: base image acgs-base/python:3.11-slim"):
+        planned_hashes([src], empty)

@@ -76,8 +76,9 @@ options:
     description: Registry to ship through (C(host:port/namespace)); empty ships engine to engine.
     type: str
   gate:
-    description: The gate check, C(module:function) taking (builder Host, BuildSource, BuiltImage) and returning
-      gate verdicts; empty releases every image that built.
+    description: C(policy) runs the policy's phase-2 gates (C(acgs_remediate.gates) - size cap, expected size,
+      build time, smoke test, dev-tool scan) on the builder; else a C(module:function) taking (builder Host,
+      BuildSource, BuiltImage) and returning gate verdicts; empty releases every image that built.
     type: str
   images:
     description: For O(state=shipped), the RV(images) of the O(state=built) run.
@@ -146,7 +147,7 @@ def _built(module, b, p):
         policy = parse_policy(p["policy"], "the role variable service_build_policy")
         sources = b.sources_from_policy(policy, Path(p["base_dir"]) if p["base_dir"] else None,
                                         {k: Path(v) for k, v in (p["dockerfiles"] or {}).items()}, p["services"])
-        gate = _load_gate(p["gate"])
+        gate = b.policy_gate(policy) if p["gate"] == "policy" else _load_gate(p["gate"])
     except RemediateError as exc:
         module.fail_json(msg=exc.message, hint=exc.hint, images=[], failures=[exc.message])
         return
@@ -159,7 +160,8 @@ def _built(module, b, p):
         entry = {"service": source.service, "release_ref": source.release_ref, "gates": [], "gates_passed": False}
         try:
             image = b.build(builder, source, check=module.check_mode)
-            gates = list(gate(builder, source, image)) if gate is not None and image.image_id else []
+            run_gates = gate is not None and image.image_id and not b.gated_before(builder, source, image)
+            gates = list(gate(builder, source, image)) if run_gates else []
             entry["gates"] = [g.model_dump() for g in gates]
             entry["gates_passed"] = all(g.passed for g in gates)
             if p["registry"] and entry["gates_passed"] and image.image_id:

@@ -21,12 +21,15 @@ import yaml
 
 from acgs_remediate.builds import (
     SOURCE_HASH_LABEL,
+    BuildSource,
+    BuiltImage,
     ServiceOutcome,
     build_and_ship,
     dangling_ids,
 )
 from acgs_remediate.config import Policy, parse_policy
 from acgs_remediate.inventory import Host, load_fleet
+from acgs_remediate.models import GateVerdict
 from acgs_remediate.sandbox import Sandbox
 from acgs_remediate.state import StateStore
 
@@ -203,15 +206,40 @@ def test_an_engine_down_mid_ship_fails_that_host_only_and_a_rerun_finishes(
     _assert_same_image_everywhere(hosts, again)
 
 
-def test_a_base_image_missing_on_the_builder_is_named(fleet: tuple[Sandbox, list[Host]], tmp_path: Path) -> None:
+def test_a_missing_base_image_or_a_failed_gate_ships_nothing_of_that_service(
+    fleet: tuple[Sandbox, list[Host]], tmp_path: Path
+) -> None:
     sb, hosts = fleet
     _write_sources(tmp_path / "src")
     (tmp_path / "src" / "hello" / "Dockerfile").write_text("FROM acgs-base/nothing:1\nCOPY app /app\n")
-    outcomes = build_and_ship(hosts, _policy(sb, tmp_path / "src"))
+    seen: list[str] = []
+
+    def gate(builder: Host, source: BuildSource, image: BuiltImage) -> list[GateVerdict]:
+        seen.append(source.service)
+        return [GateVerdict(name="size cap", passed=False, detail=f"{image.size} bytes is over the cap")]
+
+    store = StateStore(tmp_path / "state.db")
+    outcomes = build_and_ship(hosts, _policy(sb, tmp_path / "src"), gate=gate, store=store)
     hello = next(o for o in outcomes if o.source.service == "hello")
     assert hello.error is not None and "acgs-base/nothing:1" in hello.error
     assert f"service hello on {hosts[0].name}" in hello.error
-    assert next(o for o in outcomes if o.source.service == "greeter").error is None
+    greeter = next(o for o in outcomes if o.source.service == "greeter")
+    assert seen == ["greeter"] and greeter.error is None and not greeter.gates_passed
+    assert greeter.image is not None and not greeter.shipped and not greeter.released
+    # The gated-out image stays a candidate on the builder only; no release tag moved anywhere.
+    assert greeter.image.candidate in _client(hosts[0]).images.get(greeter.image.image_id).tags
+    for h in hosts:
+        tags = [t for img in _client(h).images.list() for t in img.tags]
+        assert "acgs-test/greeter:latest" not in tags and "acgs-test/hello:latest" not in tags
+        if h is not hosts[0]:
+            assert greeter.image.candidate not in tags
+    # The failed build is recorded on every host (criterion 2 reads it).
+    for h in hosts:
+        records = {r.service: r for r in store.build_records(h.name)}
+        assert not records["hello"].ok and "acgs-base/nothing:1" in (records["hello"].error or "")
+        assert records["greeter"].ok and not records["greeter"].released
+        assert [(g.name, g.passed) for g in records["greeter"].gates] == [("size cap", False)]
+    store.close()
 
 
 def _playbook(sb: Sandbox, extra: dict, *flags: str) -> dict:
@@ -252,6 +280,7 @@ def test_the_playbook_builds_once_ships_everywhere_and_a_rerun_changes_nothing(
     extra = {
         "service_build_policy": policy.model_dump(mode="json"),
         "service_build_state_db": str(tmp_path / "state.db"),
+        "service_build_gate": "",  # these test images have no HEALTHCHECK for the smoke test
     }
     dangling_before = {h.name: dangling_ids(h) for h in hosts}
 
