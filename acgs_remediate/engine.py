@@ -849,6 +849,31 @@ class EngineAPI:
         )
         return self._json_lines(conn, resp)
 
+    # -- Containers (phase 3 hands a container made outside Compose over to it; acgs_remediate.rollout).
+
+    def stop(self, container: str, timeout: int | None = None) -> None:
+        """POST /containers/{id}/stop (the engine waits up to ``timeout`` seconds before killing it)."""
+        params = {"t": str(timeout)} if timeout is not None else None
+        saved = self.timeout
+        self.timeout = saved + (timeout or 10)
+        try:
+            self.call("POST", f"/containers/{urllib.parse.quote(container)}/stop", params)
+        finally:
+            self.timeout = saved
+
+    def start(self, container: str) -> None:
+        """POST /containers/{id}/start."""
+        self.call("POST", f"/containers/{urllib.parse.quote(container)}/start")
+
+    def rename(self, container: str, name: str) -> None:
+        """POST /containers/{id}/rename."""
+        self.call("POST", f"/containers/{urllib.parse.quote(container)}/rename", {"name": name})
+
+    def remove_container(self, container: str, v: bool = False, link: bool = False, force: bool = False) -> None:
+        """DELETE /containers/{id}."""
+        params = {"v": "1" if v else "0", "force": "1" if force else "0"}
+        self.call("DELETE", f"/containers/{urllib.parse.quote(container)}", params)
+
     def events(self, since: float, until: float, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
         """Return the engine's events between ``since`` and ``until`` (Unix seconds), oldest first.
 
