@@ -79,17 +79,31 @@ def _build_file_issues(policies: dict[str, Policy], base: Path) -> dict[str, lis
     return result
 
 
+def _with_ledger(snapshots: dict[str, Any], state: Path | None) -> dict[str, Any]:
+    """Return the snapshots with the ledger's first sightings as the arrival of images the engine gave none."""
+    try:
+        store = StateStore(state_path(state))
+    except UsageError:
+        return snapshots  # no writable store: the engine's evidence alone (unknown arrivals count as fresh)
+    try:
+        return {name: store.note_arrivals(snap) for name, snap in snapshots.items()}
+    finally:
+        store.close()
+
+
 def _make_plans(
     fleet: Fleet,
     hosts: list[Host],
     policies: dict[str, Policy],
     forks: int,
+    state: Path | None = None,
 ) -> tuple[dict[str, HostPlan], dict[str, Any], list[Any]]:
     """Return (plans, snapshots, unreachable) for ``hosts``."""
     from ..facts import collect_many
     from ..plan import plan_phase1
 
     snapshots, unreachable = collect_many(hosts, forks=forks)
+    snapshots = _with_ledger(snapshots, state)
     issues = _build_file_issues({h: policies[h] for h in snapshots}, _inventory_base(fleet))
     plans = {name: plan_phase1(snap, policies[name], issues[name]) for name, snap in snapshots.items()}
     return plans, snapshots, unreachable
@@ -118,8 +132,7 @@ def _plan_tables(p: HostPlan) -> list[Table]:
     kept.add_column("image")
     kept.add_column("why it stays")
     for pr in p.protections:
-        name = ", ".join(pr.tags) or pr.image_id.removeprefix("sha256:")[:12] + " (dangling)"
-        kept.add_row(escape(name), escape("; ".join(pr.reasons)))
+        kept.add_row(escape(pr.label), escape("; ".join(pr.reasons)))
     return [actions, kept]
 
 
@@ -138,7 +151,7 @@ def _plan_markdown(plans: list[HostPlan], unreachable: list[Any]) -> str:
             lines.append(f"| {i} | {a.kind} | `{a.label}` | {a.reason} | {human_size(a.predicted_bytes)} |")
         lines += ["", "| protected image | why |", "|---|---|"]
         for pr in p.protections:
-            lines.append(f"| `{', '.join(pr.tags) or pr.image_id[:19]}` | {'; '.join(pr.reasons)} |")
+            lines.append(f"| `{pr.label}` | {'; '.join(pr.reasons)} |")
         lines += [f"- note: {n}" for n in p.notes] + [""]
     for u in unreachable:
         lines.append(f"- **{u.host}: unreachable** — {u.reason}")
@@ -195,7 +208,7 @@ def plan_cmd(
         raise UsageError(f"unknown phase {phase!r}", hint=f"plannable phases: {', '.join(PHASES)}")
     fleet = load_fleet(inventory, hosts)
     policies = _policies(fleet)
-    plans, _, unreachable = _make_plans(fleet, fleet.hosts, policies, forks)
+    plans, _, unreachable = _make_plans(fleet, fleet.hosts, policies, forks, state)
     done: list[str] = []
     path = state_path(state)
     if path.exists():
@@ -329,7 +342,7 @@ def phase1_cmd(
     locks = None if check else store.lock_hosts([h.name for h in todo], run_id)
     try:
         clock = time.monotonic()
-        plans, before, unreachable = _make_plans(fleet, todo, policies, forks)
+        plans, before, unreachable = _make_plans(fleet, todo, policies, forks, state)
         timings = {"facts_and_plan": round(time.monotonic() - clock, 2)}
         _show_plans(plans, unreachable, OutputFormat.table if fmt is OutputFormat.json else fmt)
         if not plans:
