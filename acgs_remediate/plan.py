@@ -172,6 +172,13 @@ def _repository(tag: str) -> str:
 
 
 def _human_age(seconds: float) -> str:
+    """Return an age or duration as people write it: "6s", "15m", "1h" (whole hours/days exact), "2.5h", "3.0d"."""
+    whole = int(seconds)
+    if whole == seconds and whole >= 3600:
+        if whole % 86400 == 0:
+            return f"{whole // 86400}d"
+        if whole % 3600 == 0:
+            return f"{whole // 3600}h"
     if seconds < 120:
         return f"{int(seconds)}s"
     if seconds < 7200:
