@@ -426,7 +426,7 @@ def _without_bases_of_kept(
         img.id: (holders.get(img.layers[-1], set()) - {img.id}) if img.layers and category == "oversized" else set()
         for img, _, category in removals
     }
-    blocked: dict[str, str] = {}
+    blocked: set[str] = set()
 
     def staying(ids: set[str]) -> list[str]:
         return [
@@ -439,23 +439,22 @@ def _without_bases_of_kept(
     while changed:  # an image that stays may block the images it was built on in turn
         changed = False
         for img, _, _ in removals:
-            if img.id in blocked:
-                continue
-            kept_children = staying(classic[img.id])
-            if kept_children:
-                blocked[img.id] = (
-                    f"parent of image(s) that stay ({_names(kept_children)}): the engine refuses to delete an "
-                    "image with dependent child images, and a removal is never forced"
-                )
+            if img.id not in blocked and (staying(classic[img.id]) or staying(on_top[img.id])):
+                blocked.add(img.id)
                 changed = True
-                continue
-            kept_on_top = staying(on_top[img.id])
-            if kept_on_top:
-                blocked[img.id] = (
-                    f"base of image(s) that stay ({_names(kept_on_top)}): all its layers are part of them, so "
-                    "removing it would free 0 B and only lose its name"
-                )
-                changed = True
+    reasons: dict[str, str] = {}
+    for image_id in blocked:  # said once the set is final: every image that stays on it is named
+        kept_children = staying(classic[image_id])
+        if kept_children:
+            reasons[image_id] = (
+                f"parent of image(s) that stay ({_names(kept_children)}): the engine refuses to delete an "
+                "image with dependent child images, and a removal is never forced"
+            )
+        else:
+            reasons[image_id] = (
+                f"base of image(s) that stay ({_names(staying(on_top[image_id]))}): all its layers are part of "
+                "them, so removing it would free 0 B and only lose its name"
+            )
     kept = [r for r in removals if r[0].id not in blocked]
     # Children first: move each image after the last planned image built on it (classic parent links).
     ordered = list(kept)
@@ -470,7 +469,7 @@ def _without_bases_of_kept(
                 ordered.insert(last_child, ordered.pop(i))
                 moved = True
                 break
-    return ordered, [(r[0], blocked[r[0].id]) for r in removals if r[0].id in blocked]
+    return ordered, [(r[0], reasons[r[0].id]) for r in removals if r[0].id in blocked]
 
 
 def plan_build_cache(snapshot: HostSnapshot, policy: Policy) -> Action | None:
