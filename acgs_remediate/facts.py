@@ -9,6 +9,11 @@ a chain ID) and take sizes from the image history, where every entry that produc
 that layer's size. History also lists metadata-only steps (ENV, CMD, ...) with size 0; telling those
 apart from real empty layers is a heuristic, so when the count does not match the layer count the
 snapshot says it is approximate instead of guessing silently.
+
+Arrival ("fresh" is measured from it, never from Created): each image's ``arrived_at`` comes from the most
+exact evidence the engine gives (``_arrivals``): the image store's config file time on a local engine, else
+the image's LastTagTime, else the engine's recent image events. The state store's ledger is the last
+evidence, added by the orchestration (``StateStore.note_arrivals``); an image none of them dates has none.
 """
 
 from __future__ import annotations

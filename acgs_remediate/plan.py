@@ -13,13 +13,20 @@ Decisions worth knowing:
   when none of its tags is protected in any way; otherwise the whole image stays and the plan
   says which tag protected it.
 * Protections, strongest first: used by a container (running *or stopped*, dangling images
-  included), protected pattern, rollback retention, too young. All reasons are listed.
+  included), protected pattern, rollback retention, too young (counted from the image's ARRIVAL on the
+  engine, never from Created; an unknown arrival counts as fresh), and the base of an image that stays
+  (classic parent link, or — whatever builder made the child — a layer chain that is a prefix of a kept
+  image's). All reasons are listed. ``decide_removals`` makes this decision once; ``analyze`` uses it too.
+* Dangling means no tag AND no repository digest (``models.is_dangling``): an image pulled by digest is
+  named, stays unless the policy names it, and the plan lists it as kept with that reason.
 * Rollback retention: for each deployed service (one with a container, running or stopped) the
   image it runs now, plus the previous ``rollback_keep`` images of the same repository by
   creation time. Dangling images carry no repository, so an old build is only known to be a
   service's previous version when a container still references it — and then it is protected
   by use anyway.
 * Volumes are never actions. Nothing is forced.
+* Build cache: predicted by ``analysis.build_cache_prune``, the accounting analyze reports (records
+  marked Shared free nothing: their bytes stay with an image).
 * Predicted bytes: per action, what removing that image alone frees; the host total is computed
   over all removals together (layers shared only among removed images are freed once, so the
   total can exceed the sum of the per-action numbers).
@@ -27,7 +34,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -94,7 +101,7 @@ class Protection(_Model):
         return self.image_id.removeprefix("sha256:")[:12] + " (dangling)"
 
 
-def image_label(image_id: str, tags: list[str], digests: list[str] = ()) -> str:  # type: ignore[assignment]
+def image_label(image_id: str, tags: Sequence[str], digests: Sequence[str] = ()) -> str:
     """Return ``<short id> (<tags>)``, ``<short id> (<digest refs>)`` or ``<short id> (dangling)``."""
     short = image_id.removeprefix("sha256:")[:12]
     if tags:
