@@ -24,15 +24,15 @@ help:
 setup: system-deps venv
 
 # The Docker engine (docker.io gives dockerd 20.10), busybox-static and Debian's python3.11 for the
-# sandbox scenario's locally made base images (no registry is reachable), and Debian's docker-registry
-# (a real registry the tests run on a 127.x address: images pulled by digest).
+# sandbox scenario's locally made base images (no registry is reachable), and Debian's docker-registry:
+# the sandbox runs its own registry on a 127.x address for phase 2 to ship images through.
 system-deps:
 	@missing=""; \
 	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
 	dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
+	command -v docker-registry >/dev/null 2>&1 || missing="$$missing docker-registry"; \
 	[ -x /usr/bin/python3.11 ] || missing="$$missing python3.11"; \
 	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
-	command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || missing="$$missing docker-registry"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "error: need$$missing; run as root (or install them) and retry" >&2; exit 2; fi; \
 	  echo "installing:$$missing"; \

@@ -45,7 +45,8 @@ from .config import Policy, ServicePolicy
 from .models import ContainerFact, HostSnapshot, ImageFact, short_digest_ref
 
 PHASE1 = "phase1"
-PHASES = (PHASE1,)
+HYGIENE = "hygiene"
+PHASES = (PHASE1, HYGIENE)
 
 ActionKind = Literal["remove_image", "prune_build_cache", "repair_build_file"]
 _PRIORITY_ORDER = {"CRITICAL": 0, "HIGH": 1, "MEDIUM": 2, "LOW": 3}
@@ -66,7 +67,7 @@ class Action(_Model):
     tags: list[str] = Field(default_factory=list)
     # Repository digests naming the image (pulled by digest); a run skips an image that gained a name.
     digests: list[str] = Field(default_factory=list)
-    category: Literal["oversized", "dangling"] | None = None
+    category: Literal["oversized", "dangling", "unused"] | None = None
     # prune_build_cache: keep this many bytes of cache (the budget)
     keep_bytes: int | None = None
     # repair_build_file: service and file (absolute path on the control node)
@@ -119,6 +120,22 @@ class BuildFileIssue(_Model):
     kind: str  # "requirements.txt", "alembic.ini", or "other"
 
 
+class WatermarkState(_Model):
+    """Where a host stands against its hygiene watermarks, before and (predicted) after the plan.
+
+    ``basis`` says what was measured: "filesystem" (statfs of the engine's data root, "85%" watermarks) or
+    "engine" (the engine's own bytes: image layers once each + build cache, "20GB" watermarks). Bytes.
+    """
+
+    basis: Literal["filesystem", "engine"]
+    capacity_bytes: int | None = None  # the filesystem's size (filesystem basis)
+    used_bytes: int | None = None  # None: cannot be measured here (remote engine, filesystem basis)
+    high_bytes: int | None = None
+    low_bytes: int | None = None
+    predicted_used_bytes: int | None = None  # used_bytes minus everything the plan frees
+    state: Literal["below_high", "above_high", "unknown"] = "unknown"
+
+
 class HostPlan(_Model):
     """Everything phase ``phase`` would do on ``host``, and everything it leaves alone and why."""
 
@@ -129,6 +146,7 @@ class HostPlan(_Model):
     protections: list[Protection] = Field(default_factory=list)
     predicted_bytes: int = 0  # all image removals together + build cache
     notes: list[str] = Field(default_factory=list)
+    watermark: WatermarkState | None = None  # hygiene only
 
     def removals(self) -> list[Action]:
         """Return the image removals, in order."""
@@ -178,14 +196,18 @@ def _repository(tag: str) -> str:
     return tag[:colon] if colon > slash else tag
 
 
-def _human_age(seconds: float) -> str:
-    """Return an age or duration as people write it: "6s", "15m", "1h" (whole hours/days exact), "2.5h", "3.0d"."""
+def _human_limit(seconds: float) -> str:
+    """Return a policy duration as people write it: whole days and hours exact ("1h", "2d"), else as an age."""
     whole = int(seconds)
     if whole == seconds and whole >= 3600:
         if whole % 86400 == 0:
             return f"{whole // 86400}d"
         if whole % 3600 == 0:
             return f"{whole // 3600}h"
+    return _human_age(seconds)
+
+
+def _human_age(seconds: float) -> str:
     if seconds < 120:
         return f"{int(seconds)}s"
     if seconds < 7200:
@@ -241,7 +263,8 @@ def _protection_reasons(
     reasons: list[str] = []
     for c in snapshot.containers_using(img.id):
         reasons.append(f"used by {'running' if c.running else 'stopped'} container {c.name}")
-    for ref in [*img.names, img.id]:
+    # Every reference counts (tags, registry host:port included, digests, the ID): one match keeps it whole.
+    for ref in [*img.repo_tags, *img.repo_digests, img.id]:
         pattern = policy.is_protected(ref)
         if pattern:
             reasons.append(f"protected pattern {pattern!r} matches {ref}")
@@ -263,12 +286,12 @@ def _too_young(img: ImageFact, now: datetime, policy: Policy, dangling: bool) ->
     if fresh_limit <= 0 and dangling_limit <= 0:
         return None
     if img.arrived_at is None:
-        limit = _human_age(max(fresh_limit, dangling_limit))
+        limit = _human_limit(max(fresh_limit, dangling_limit))
         what = "fresh_min_age" if fresh_limit >= dangling_limit else "dangling_min_age"
         return f"arrival unknown: treated as fresh ({what} {limit})"
     arrived = _age_seconds(now, img.arrived_at)
     if arrived < fresh_limit:
-        limit = _human_age(fresh_limit)
+        limit = _human_limit(fresh_limit)
         if img.arrival_source == "ledger":
             return (f"too young: first seen by acgs-remediate {_human_age(max(arrived, 0))} ago, arrival "
                     f"unknown before that (fresh_min_age {limit})")
@@ -276,7 +299,7 @@ def _too_young(img: ImageFact, now: datetime, policy: Policy, dangling: bool) ->
     # An image became dangling when its tag moved, at most as long ago as it was made or arrived.
     age = min(_age_seconds(now, img.created), arrived)
     if age < dangling_limit:
-        limit = _human_age(dangling_limit)
+        limit = _human_limit(dangling_limit)
         return f"too young: dangling for at most {_human_age(max(age, 0))} (dangling_min_age {limit})"
     return None
 
@@ -408,11 +431,11 @@ def _without_bases_of_kept(
 
     * classic builder: the child records its parent (directly or through intermediate build images); the
       engine refuses, without force, to delete a parent ("parent of image(s) that stay");
-    * any builder (BuildKit records no parent): a policy-named image whose layer chain is a prefix of (or
-      equal to) a staying image's chain. A chain ID names the whole stack below it, so that holds iff its
-      top chain ID is one of the other image's layers — exactly when removing it frees 0 B. It would only
-      lose its name ("base of image(s) that stay"). A dangling image in that position is still removed:
-      nothing names it, and it is the junk the zero-dangling criterion counts.
+    * any builder (BuildKit records no parent): a named image (policy-named, or hygiene's unused) whose layer
+      chain is a prefix of (or equal to) a staying image's chain. A chain ID names the whole stack below it,
+      so that holds iff its top chain ID is one of the other image's layers — exactly when removing it frees
+      0 B. It would only lose its name ("base of image(s) that stay"). A dangling image in that position is
+      still removed: nothing names it, and it is the junk the zero-dangling criterion counts.
 
     Planned classic children are removed before their parents (the engine's order; chains need none).
     """
@@ -430,7 +453,7 @@ def _without_bases_of_kept(
         for img, _, _ in removals
     }
     on_top = {
-        img.id: (holders.get(img.layers[-1], set()) - {img.id}) if img.layers and category == "oversized" else set()
+        img.id: (holders.get(img.layers[-1], set()) - {img.id}) if img.layers and category != "dangling" else set()
         for img, _, category in removals
     }
     blocked: set[str] = set()
