@@ -63,11 +63,15 @@ def engine(engine_sandbox: Sandbox) -> Iterator[docker.DockerClient]:
     client = docker.DockerClient(base_url=engine_sandbox.docker_host(HOST), timeout=120)
     for c in client.containers.list(all=True):
         c.remove(force=True)
-    for img in client.images.list(all=True):
-        try:
-            client.images.remove(img.id, force=True)  # test set-up only: the tool never forces
-        except docker.errors.NotFound:
-            pass
+    for _ in range(10):  # children before parents: a classic parent refuses to go while a child exists
+        left = client.images.list(all=True)
+        if not left:
+            break
+        for img in left:
+            try:
+                client.images.remove(img.id, force=True)  # test set-up only: the tool never forces
+            except docker.errors.APIError:
+                pass  # gone already, or a parent whose child goes in this pass
     client.api.prune_builds(all=True)
     yield client
     client.close()
