@@ -1,5 +1,5 @@
 """Issue 9's fault kinds in the pure layers (snapshots in, decisions out; the same cases run on real engines in
-tests/integration/test_fault_kinds.py): digest-only images are named, "fresh" comes from arrival, the cache prune
+tests/integration/test_fault_kinds_engine.py): digest-only images are named, "fresh" comes from arrival, the cache prune
 has one accounting, and the base of an image that stays is protected whatever builder made the child."""
 
 from __future__ import annotations
