@@ -10,8 +10,9 @@ import fnmatch
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from . import reference
 from .errors import UsageError
 from .units import parse_duration, parse_size
 
@@ -20,6 +21,37 @@ POLICY_VAR = "acgs_policy"
 Bytes = Annotated[int, BeforeValidator(parse_size)]
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 Priority = Literal["CRITICAL", "HIGH", "MEDIUM", "LOW"]
+_REFERENCE_HINT = (
+    "write image references as Docker does: [registry[:port]/]name[:tag][@digest] with a lowercase name, "
+    "like nvcr.io/nvidia/tritonserver:24.10-py3; patterns may add * ? [...]"
+)
+
+
+def _image_reference(value: str) -> str:
+    reason = reference.describe(value)
+    if reason:
+        raise ValueError(f"{value!r} is not a valid image reference: {reason}")
+    return value
+
+
+def _image_pattern(value: str) -> str:
+    reason = reference.describe_pattern(value)
+    if reason:
+        raise ValueError(f"{value!r} is not a valid image pattern: {reason}")
+    return value
+
+
+def _registry_name(value: str) -> str:
+    if not reference.is_valid_domain(value):
+        raise ValueError(f"{value!r} is not a valid registry name: write it as host[:port], like registry.local:5000")
+    return value
+
+
+# Every image reference, pattern or registry name a user writes in the policy is one of these, so that a typo
+# is exit 2 at load time, never a run that quietly skips the image (reference.py: Docker's grammar).
+ImageRef = Annotated[str, AfterValidator(_image_reference)]
+ImagePattern = Annotated[str, AfterValidator(_image_pattern)]  # fnmatch over references
+RegistryName = Annotated[str, AfterValidator(_registry_name)]
 
 
 class _Strict(BaseModel):
@@ -29,7 +61,7 @@ class _Strict(BaseModel):
 class OversizedImage(_Strict):
     """An image the report names as oversized: removed in phase 1 when nothing uses it."""
 
-    ref: str
+    ref: ImageRef
     priority: Priority = "HIGH"
     reason: str = ""
 
@@ -38,7 +70,7 @@ class ServicePolicy(_Strict):
     """One of the fleet's own services: where it is built from and what it may weigh."""
 
     name: str
-    image: str  # repository:tag the service runs
+    image: ImageRef  # repository:tag the service runs
     context: str  # build context, relative to policy.sources_root unless absolute
     dockerfile: str = "Dockerfile"
     expected_size: Bytes | None = None  # the report's "Expected Size" column
@@ -60,7 +92,7 @@ class Policy(_Strict):
     scale: float = Field(1.0, gt=0, description="sandbox scale factor; 1.0 on a real fleet")
     size_cap: Bytes = 300_000_000
     oversized_images: list[OversizedImage] = Field(default_factory=list)
-    protected_patterns: list[str] = Field(default_factory=list)
+    protected_patterns: list[ImagePattern] = Field(default_factory=list)
     rollback_keep: int = Field(2, ge=0)
     dangling_min_age: Seconds = 3600.0
     # Images created (built or pulled) more recently than this are never candidates.
@@ -122,7 +154,8 @@ def parse_policy(raw: Any, source: str) -> Policy:
     try:
         return Policy.model_validate(raw)
     except ValidationError as err:
-        raise UsageError(
-            describe_validation_error(err, source),
-            hint="fix the value in that file; sizes are written like 300MB, durations like 2h",
-        ) from None
+        message = describe_validation_error(err, source)
+        hint = "fix the value in that file; sizes are written like 300MB, durations like 2h"
+        if any(x in message for x in ("valid image reference", "valid image pattern", "valid registry name")):
+            hint = "fix the value in that file; " + _REFERENCE_HINT
+        raise UsageError(message, hint=hint) from None
