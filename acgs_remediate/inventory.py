@@ -129,6 +129,12 @@ def load_fleet(path: str | os.PathLike[str] | None, pattern: str = "all") -> Fle
     importing it (~0.3 s per command) when every input ansible would read is byte-for-byte unchanged.
     """
     source = resolve_inventory(path)
+    if not pattern.strip(" ,:"):
+        # ansible reads an empty pattern (or one of only separators) as every host: never what a user meant.
+        raise UsageError(
+            f"host pattern {pattern!r} is empty",
+            hint="name the hosts or groups to work on, like --hosts prod, or --hosts all for every host",
+        )
     # Make ansible fail loudly on a source it cannot parse instead of warning and going on empty.
     # Set before the cache key is computed: these are ANSIBLE_ variables, which the key covers.
     os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "True")
@@ -182,7 +188,8 @@ def _load_with_ansible(source: Path, pattern: str) -> tuple[Fleet, bool]:
     try:
         # ansible warns on stderr about an unmatched pattern; we raise our own clear error instead.
         with _quiet_ansible_warnings():
-            selected = inventory.get_hosts(pattern or "all")
+            _check_pattern_terms(inventory, pattern, source)
+            selected = inventory.get_hosts(pattern)
     except AnsibleError as err:
         raise UsageError(
             f"bad host pattern {pattern!r}: {err}",
@@ -214,6 +221,42 @@ def _load_with_ansible(source: Path, pattern: str) -> tuple[Fleet, bool]:
         hosts.append(_host_from_vars(name, hv, groups))
         sources[name] = _policy_source(source, ah)
     return Fleet(source=source, hosts=hosts, _policy_sources=sources), all_plain
+
+
+def _check_pattern_terms(inventory: Any, pattern: str, source: Path) -> None:
+    """Raise UsageError when a term of ``pattern`` is empty, a broken regex, or adds hosts that do not exist.
+
+    ansible only warns about such terms and goes on with the others, and reads a lone ``~`` as a regex matching
+    every host: for a tool that deletes things, a typo must stop the run rather than widen or narrow it.
+    Exclusions (``!term``) and intersections (``&term``) that match nothing change nothing and are allowed.
+    """
+    from ansible.inventory.manager import split_host_pattern
+
+    hint = "use an Ansible pattern such as prod, 'web*', '~web0[12]' or 'prod:!h3'"
+    terms = split_host_pattern(pattern)
+    kept = "".join(re.sub(r"[\s,:]", "", t) for t in terms)
+    if kept != re.sub(r"[\s,:]", "", pattern):
+        # ansible's splitter silently drops what it cannot read (an unclosed '[', a lone ']').
+        read_as = ",".join(terms)
+        raise UsageError(
+            f"host pattern {pattern!r} is not well formed: ansible would read it as {read_as!r}",
+            hint=hint + "; close every '[' (web[1:3]) or quote a regex whole ('~web0[12]')",
+        )
+    for term in terms:
+        bare = term.lstrip("!&")
+        if bare in ("", "~"):
+            raise UsageError(f"host pattern {pattern!r} has an empty term {term!r}", hint=hint)
+        if bare.startswith("~"):
+            try:
+                re.compile(bare[1:])
+            except re.error as exc:
+                raise UsageError(f"host pattern {pattern!r}: {bare[1:]!r} is not a regular expression: {exc}") from None
+        if term[0] not in "!&" and not inventory.get_hosts(term):
+            groups = ", ".join(sorted(g for g in inventory.groups if g not in ("all", "ungrouped")))
+            raise UsageError(
+                f"host pattern {pattern!r}: {term!r} matches no host in {source}",
+                hint=f"groups there: {groups or '(none)'}; patterns work as with ansible --limit",
+            )
 
 
 @contextlib.contextmanager

@@ -141,3 +141,35 @@ def test_passing_the_group_vars_directory_points_at_its_parent(tmp_path):
     with pytest.raises(UsageError) as exc:
         load_fleet(tmp_path / "group_vars")
     assert "holds variables, not hosts" in exc.value.message and f"-i {tmp_path}" in (exc.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "says"),
+    [
+        ("", "is empty"),  # ansible reads these as every host
+        (" , ", "is empty"),
+        ("[", "is not well formed"),
+        ("~prod[", "is not well formed: ansible would read it as '~prod'"),  # the regex would match every prod host
+        ("~[(", "ansible would read it as '~,('"),  # a lone ~ is a regex matching every host
+        ("prod:~", "has an empty term '~'"),
+        ("~(", "is not a regular expression"),
+        ("prod,typo", "'typo' matches no host"),  # ansible warns and goes on with prod alone
+    ],
+)
+def test_host_patterns_that_would_widen_or_narrow_the_run_are_refused(pattern, says):
+    with pytest.raises(UsageError) as exc:
+        load_fleet(REPO / "inventory", pattern)
+    assert says in exc.value.message and repr(pattern) in exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("pattern", "hosts"),
+    [
+        ("prod:!nosuchhost", 3),  # an exclusion that matches nothing changes nothing
+        ("~docker-prod-0[12]", 2),
+        ("prod[-1]", 1),
+        ("prod,staging", 4),
+    ],
+)
+def test_well_formed_host_patterns_still_select_as_ansible_does(pattern, hosts):
+    assert len(load_fleet(REPO / "inventory", pattern).hosts) == hosts
