@@ -118,7 +118,9 @@ def resolve_inventory(path: str | os.PathLike[str] | None) -> Path:
         )
     p = Path(path).expanduser()
     if not p.exists():
-        raise UsageError(f"inventory {p} does not exist", hint="pass -i with the path of an Ansible inventory")
+        raise UsageError(
+            f"inventory {p} does not exist", hint="pass -i with the path of an Ansible inventory"
+        )
     return p.resolve()
 
 
@@ -208,7 +210,9 @@ def _load_with_ansible(source: Path, pattern: str) -> tuple[Fleet, bool]:
         name = str.__str__(ah.name)
         hv = variables.get_vars(host=ah, include_hostvars=False)
         hv = {
-            k: v for k, v in hv.items() if not k.startswith("ansible_") or k in ("ansible_host", "ansible_connection")
+            k: v
+            for k, v in hv.items()
+            if not k.startswith("ansible_") or k in ("ansible_host", "ansible_connection")
         }
         # ansible hands out its own str/int/dict subclasses (data tags, unsafe text); plain values make the
         # Fleet the same whether it came from ansible or from the cache. Anything else stays as ansible made it.

@@ -20,6 +20,7 @@ from .common import (
     InventoryOpt,
     OutputFormat,
     StateOpt,
+    check_output_path,
     err,
     out,
     print_json,
@@ -54,6 +55,8 @@ def verify(
     from ..inventory import load_fleet
     from ..junit import write_junit
 
+    if junit is not None:
+        check_output_path(junit, "--junit")
     fleet = load_fleet(inventory, hosts)
     # Validate every host's policy before touching any engine: a bad policy is a usage error (exit 2).
     policies = {h.name: fleet.policy(h) for h in fleet.hosts}

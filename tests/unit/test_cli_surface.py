@@ -27,7 +27,9 @@ def _commands(cmd, path: tuple[str, ...] = ()) -> list:
 
 ALL_COMMANDS = _commands(typer.main.get_command(register()))
 FLEET_COMMANDS = [
-    path for path, cmd in ALL_COMMANDS if path and any("--inventory" in getattr(p, "opts", ()) for p in cmd.params)
+    path
+    for path, cmd in ALL_COMMANDS
+    if path and any("--inventory" in getattr(p, "opts", ()) for p in cmd.params)
 ]
 
 
