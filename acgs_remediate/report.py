@@ -549,6 +549,8 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
     """Print the report as rich tables on ``console``."""
     from rich.table import Table
 
+    from .tables import print_table
+
     s = report.summary
     style = {"CRITICAL": "bold red", "WARNING": "yellow", "OK": "green"}[report.status]
     console.print(
@@ -565,7 +567,7 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
         ("vs baseline", "right"),
         ("status", "left"),
     ]:
-        fleet.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+        fleet.add_column(col, justify=just)  # type: ignore[arg-type]
     for h in report.hosts:
         a = h.analysis
         p1 = next((r.freed_bytes for r in a.savings if r.action.startswith("Phase 1")), 0)
@@ -582,13 +584,16 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
         )
     for u in report.unreachable:
         fleet.add_row(u.host, "[red]unreachable[/]", "", "", "", "", "", "[red]UNREACHABLE[/]")
-    console.print(fleet)
+    print_table(console, fleet)
     for h in report.hosts:
         a = h.analysis
         over = Table(title=f"{a.host}: oversized images", title_justify="left")
         for col in ("image", "size", "budget", "priority", "used by", "frees alone", "candidate"):
+            # Only image references (one long token) may fold; words in other cells stay whole.
             over.add_column(
-                col, justify="right" if col in ("size", "budget", "frees alone") else "left", overflow="fold"
+                col,
+                justify="right" if col in ("size", "budget", "frees alone") else "left",
+                overflow="fold" if col == "image" else "ellipsis",
             )
         for f in a.oversized:
             if f.source == "cap" and f.priority not in ("CRITICAL", "HIGH"):
@@ -602,20 +607,20 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
                 _hs(f.freed_alone),
                 "yes" if f.candidate else ("protected" if f.protected_by else "no"),
             )
-        console.print(over)
+        print_table(console, over)
         svc = Table(title=f"{a.host}: service images", title_justify="left")
         for col in ("service", "current", "expected", "efficiency"):
-            svc.add_column(col, overflow="fold")
+            svc.add_column(col)
         for sv in a.services:
             svc.add_row(sv.service, _hs(sv.size), _hs(sv.expected or sv.budget), sv.efficiency)
         if a.services:
-            console.print(svc)
+            print_table(console, svc)
         sav = Table(title=f"{a.host}: expected savings", title_justify="left")
         for col in ("action", "really freed", "summed sizes", "impact"):
-            sav.add_column(col, justify="right" if "freed" in col or "summed" in col else "left", overflow="fold")
+            sav.add_column(col, justify="right" if "freed" in col or "summed" in col else "left")
         for r in a.savings:
             sav.add_row(r.action, ("~" if r.estimate else "") + _hs(r.freed_bytes), _hs(r.naive_bytes), r.impact)
-        console.print(sav)
+        print_table(console, sav)
         d = a.dangling
         console.print(
             f"dangling: {d.count} images, frees {_hs(d.freed_bytes)} (summed {_hs(d.naive_bytes)}), "
@@ -627,7 +632,7 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
     if report.builds:
         builds = Table(title="Build-context doctor", title_justify="left")
         for col in ("service", "context", "problems"):
-            builds.add_column(col, overflow="fold")
+            builds.add_column(col)
         for b in report.builds:
             problems = (
                 "; ".join(
@@ -638,7 +643,7 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
                 or "[green]ok[/]"
             )
             builds.add_row(b.service, f"{_hs(b.context_bytes)} / {b.context_files} files", problems)
-        console.print(builds)
+        print_table(console, builds)
 
 
 # --- HTML ------------------------------------------------------------------------------------------------

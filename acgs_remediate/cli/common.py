@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from ..errors import UsageError
+from ..tables import console, print_table  # noqa: F401 - print_table is for the commands
 
 STATE_ENV = "ACGS_REMEDIATE_STATE"
 
-# Human output goes to stderr whenever stdout carries JSON, so the two never mix.
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Human output goes to stderr whenever stdout carries JSON, so the two never mix. Without a terminal (a CI
+# log) they are $COLUMNS or tables.WIDE wide, not rich's 80 columns that break words inside table cells.
+out = console()
+err = console(stderr=True)
 
 
 class OutputFormat(str, Enum):

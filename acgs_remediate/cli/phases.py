@@ -35,6 +35,7 @@ from .common import (
     err,
     out,
     print_json,
+    print_table,
     state_path,
 )
 
@@ -164,7 +165,7 @@ def _show_plans(
         return
     for p in ordered:
         for table in _plan_tables(p):
-            err.print(table)
+            print_table(err, table)
         for note in p.notes:
             err.print(f"  [dim]note:[/] {escape(note)}")
     for u in unreachable:
@@ -622,7 +623,7 @@ def _emit_summary(
         lines += [f"| {u.host} | unreachable | - | - | - | - | - |" for u in unreachable]
         out.print("\n".join(lines), markup=False)
         return
-    target.print(t)
+    print_table(target, t)
 
 
 @app.command("status")
@@ -699,7 +700,7 @@ def status_cmd(
             h,
             *[_styled(ph[p].status, cell(ph[p])) if p in ph else "-" for p in phases],
         )
-    out.print(t)
+    print_table(out, t)
     for e in entries:
         out.print(
             f"  {e.finished_at:%Y-%m-%d %H:%M:%S} {e.host} {e.phase} {e.status} {e.run_id or ''} "

@@ -24,6 +24,7 @@ from .common import (
     err,
     out,
     print_json,
+    print_table,
     state_path,
 )
 
@@ -155,7 +156,7 @@ def _table(title: str, results: Sequence[CriterionResult]) -> Table:
     table.add_column("measured")
     table.add_column("threshold")
     table.add_column("verdict")
-    table.add_column("cause", overflow="fold")
+    table.add_column("cause")
     for r in results:
         table.add_row(
             escape(r.title),
@@ -178,9 +179,9 @@ def _print_tables(
         if host in down:
             out.print(f"[bold red]{escape(host)}: unreachable[/] — {escape(down[host])}")
             continue
-        out.print(_table(f"{host}", results))
+        print_table(out, _table(f"{host}", results))
     if len(per_host) > 1 or down:
-        out.print(_table(f"fleet ({len(per_host)} hosts)", fleet_results))
+        print_table(out, _table(f"fleet ({len(per_host)} hosts)", fleet_results))
     word = {
         Status.passed: "all criteria pass",
         Status.failed: "criteria FAIL",
