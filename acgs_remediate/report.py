@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
-from .analysis import HostAnalysis
+from .analysis import HostAnalysis, ServiceImage
 from .doctor import ServiceDoctor
 from .models import Baseline, Unreachable
 from .units import human_size
@@ -661,7 +661,16 @@ th{background:#f0f4f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 margin:.3rem .5rem .3rem 0;min-width:11rem}.card b{display:block;font-size:1.3rem}
 pre{background:#f0f4f8;padding:.6rem;border-radius:6px;white-space:pre-wrap}.muted{color:#627d98;font-size:.85rem}
 svg text{font-family:inherit;font-size:12px}
+.badge{display:inline-block;padding:.05rem .5rem;border-radius:999px;font-size:.8rem;font-weight:600;
+line-height:1.5;color:#fff;white-space:nowrap;vertical-align:baseline}
+.badge::before{content:"";display:inline-block;width:.5em;height:.5em;margin-right:.35em;border-radius:50%;
+background:#fff;vertical-align:.05em}
+.badge.CRITICAL,.badge.fail,.badge.UNREACHABLE{background:#b42318}.badge.WARNING,.badge.warn{background:#b54708}
+.badge.OK,.badge.ok{background:#067647}.badge.missing{background:#627d98}
 """
+# Status is drawn with the page's own markup (a coloured badge with a word), never an emoji: a browser without
+# an emoji font shows those as empty boxes (issue 9 #7).
+_STATUS_WORDS = {"CRITICAL": "critical issues identified", "WARNING": "issues identified", "OK": "no issues"}
 _COLORS = {"images": "#3e7cb1", "build_cache": "#f0a202", "volumes": "#7c9885", "budget": "#b42318"}
 
 
@@ -671,6 +680,17 @@ def _severity_class(severity: str) -> str:
 
 def _e(x: object) -> str:
     return html.escape(str(x))
+
+
+def _badge(kind: str, text: str) -> str:
+    """Return a coloured status badge (CSS only) of ``kind`` (CRITICAL/WARNING/OK/UNREACHABLE/fail/warn/ok/missing)."""
+    return f"<span class='badge {_e(kind)}'>{_e(text)}</span>"
+
+
+def _efficiency_badge(sv: ServiceImage) -> str:
+    """Return a service image's verdict as a badge plus its words ("30x oversized"), without the emoji."""
+    words = sv.efficiency.removeprefix(sv.symbol).strip()
+    return f"{_badge(sv.verdict, sv.verdict.upper())} {_e(words)}"
 
 
 def _svg_storage(report: AnalyzeReport) -> str:
@@ -791,7 +811,7 @@ def to_html(report: AnalyzeReport) -> str:
         f"<p class='muted'>Generated {_e(report.generated_at.strftime('%Y-%m-%d %H:%M:%S UTC'))} from live "
         "engines "
         f"· {s.hosts} host(s) · pattern <code>{_e(report.pattern)}</code> · "
-        f"<span class='{report.status}'>{_e(_STATUS_LINE[report.status])}</span></p>",
+        f"{_badge(report.status, report.status)} {_e(_STATUS_WORDS[report.status])}</p>",
         "<h2>Executive summary</h2><div>",
     ]
     cards = [
@@ -823,14 +843,14 @@ def to_html(report: AnalyzeReport) -> str:
                 str(a.dangling.count),
                 _hs(p1),
                 _e(change),
-                f"<span class='{h.status}'>{h.status}</span>",
+                _badge(h.status, h.status),
             ]
         )
     for u in report.unreachable:
         rows.append(
             [
                 _e(u.host),
-                f"<span class='UNREACHABLE'>unreachable: {_e(u.reason)}</span>",
+                f"{_badge('UNREACHABLE', 'unreachable')} {_e(u.reason)}",
                 "",
                 "",
                 "",
@@ -857,7 +877,7 @@ def to_html(report: AnalyzeReport) -> str:
     )
     for h in report.hosts:
         a = h.analysis
-        out.append(f"<h2>Host {_e(a.host)} <span class='{h.status}'>{h.status}</span></h2>")
+        out.append(f"<h2>Host {_e(a.host)} {_badge(h.status, h.status)}</h2>")
         out.append(
             f"<p class='muted'>Docker {_e(a.engine.server_version)} · API {_e(a.engine.api_version)} · "
             f"{_e(a.engine.storage_driver)} / {_e(a.engine.image_store)} · data root "
@@ -896,7 +916,10 @@ def to_html(report: AnalyzeReport) -> str:
         out.append(
             _html_table(
                 ["Service", "Current size", "Expected size", "Efficiency"],
-                [[_e(sv.service), _hs(sv.size), _hs(sv.expected or sv.budget), _e(sv.efficiency)] for sv in a.services],
+                [
+                    [_e(sv.service), _hs(sv.size), _hs(sv.expected or sv.budget), _efficiency_badge(sv)]
+                    for sv in a.services
+                ],
                 {1, 2},
             )
         )
@@ -940,7 +963,7 @@ def to_html(report: AnalyzeReport) -> str:
                         for f in b.findings
                         if f.severity != "info"
                     )
-                    or "<span class='OK'>ok</span>",
+                    or _badge("ok", "ok"),
                 ]
                 for b in report.builds
             ],
