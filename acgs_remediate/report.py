@@ -759,7 +759,7 @@ def _svg_budgets(h: HostReport) -> str:
     low = max(1.0, min(min(r[1] for r in rows), min(r[2] for r in rows)) / 4)
     high = max(max(r[1] for r in rows), max(r[2] for r in rows)) * 1.2
     span = math.log10(high) - math.log10(low) or 1.0
-    plot_w = width - label_w - 80
+    plot_w = width - label_w - 130  # room for the size label after the longest bar ("70.7GB (235.7x)")
 
     def pos(v: float) -> float:
         return label_w + (math.log10(max(v, low)) - math.log10(low)) / span * plot_w
