@@ -301,6 +301,7 @@ def phase1_cmd(
 
     fleet = load_fleet(inventory, hosts)
     policies = _policies(fleet)
+    _build_file_issues(policies, _inventory_base(fleet))  # a Dockerfile that does not parse: exit 2, nothing written
     store = StateStore(state_path(state))
     for host, phase in store.reconcile():
         err.print(
