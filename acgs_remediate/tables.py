@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -55,9 +55,12 @@ def keep_words_whole(table: Table) -> None:
         column.min_width = max(column.min_width or 0, longest)
 
 
-def print_table(target: Console, table: Table) -> None:
-    """Print ``table`` on ``target``; without a terminal, widen the table rather than break a word in a cell."""
-    if target.is_terminal:
+def print_table(target: Console, table: RenderableType) -> None:
+    """Print ``table`` on ``target``; without a terminal, widen the table rather than break a word in a cell.
+
+    Anything that is not a rich Table is printed as it is.
+    """
+    if target.is_terminal or not isinstance(table, Table):
         target.print(table)
         return
     keep_words_whole(table)

@@ -1,16 +1,18 @@
-"""`acgs-remediate plan phase1`, `acgs-remediate phase1`, `acgs-remediate status`.
+"""`acgs-remediate plan PHASE`, `acgs-remediate phase1`, `acgs-remediate status`: thin commands over the flow.
 
-The phase-1 flow (pyinfra's): lock -> collect facts -> plan -> show -> stop if --check (the playbook
-runs in check mode and reports what it would do) -> confirm unless --yes -> run the playbook with the
-plan as extravars, live per-host progress -> facts again -> per-host summary, recorded in the ledger.
+The flow itself (lock -> facts -> plan -> show -> check/confirm -> run -> measure -> ledger, saved plans)
+is ``acgs_remediate.orchestrate``; each phase is a PhaseSpec in ``acgs_remediate.phases``. Here: options,
+the terminal side of the flow (showing plans, asking, live progress) and printing what it returns.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.live import Live
@@ -18,11 +20,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..config import Policy
-from ..errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, UsageError
-from ..inventory import Fleet, Host
-from ..plan import PHASE1, PHASES, BuildFileIssue, HostPlan
-from ..state import RETRY_STATES, StateStore, new_run_id
+from ..errors import EXIT_PARTIAL, UsageError
+from ..phases import PHASE_NAMES, get_spec
+from ..plan import PHASE1
+from ..state import StateStore
 from ..units import human_duration, human_size
 from . import app
 from .common import (
@@ -39,7 +40,10 @@ from .common import (
     state_path,
 )
 
-PLAYBOOK = "phase1_emergency_cleanup.yml"
+if TYPE_CHECKING:
+    from ..execute import HostEvent
+    from ..orchestrate import PhaseSpec, Planned, RunReport
+
 _STATUS_STYLE = {
     "succeeded": "green",
     "failed": "bold red",
@@ -51,181 +55,116 @@ _STATUS_STYLE = {
     "unreachable": "bold red",
 }
 
+SavePlanOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Also save the plan, with the facts it depends on, to this file (JSON); "
+        "`PHASE --plan FILE` then applies exactly it.",
+        show_default=False,
+    ),
+]
+PlanFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plan",
+        help="Apply this saved plan (from `plan PHASE -o FILE`) exactly; refused (exit 2, nothing changed) "
+        "when the facts it depends on changed since.",
+        show_default=False,
+    ),
+]
+
 
 def _styled(status: str, text: str | None = None) -> Text:
     """Return ``text`` (default: the status) styled by ``status``, as literal text (no markup)."""
     return Text(text if text is not None else status, style=_STATUS_STYLE.get(status, ""))
 
 
-def _inventory_base(fleet: Fleet) -> Path:
-    return fleet.source if fleet.source.is_dir() else fleet.source.parent
+# -- showing plans ----------------------------------------------------------------------------------
 
 
-def _policies(fleet: Fleet) -> dict[str, Policy]:
-    # Validate every host's policy before touching any engine: a bad policy is exit 2, nothing changed.
-    return {h.name: fleet.policy(h) for h in fleet.hosts}
-
-
-def _build_file_issues(policies: dict[str, Policy], base: Path) -> dict[str, list[BuildFileIssue]]:
-    """Return the missing build files per host (scanned once per distinct policy; sources are shared)."""
-    from ..buildfiles import scan
-
-    cache: dict[str, list[BuildFileIssue]] = {}
-    result: dict[str, list[BuildFileIssue]] = {}
-    for host, policy in policies.items():
-        key = policy.model_dump_json()
-        if key not in cache:
-            cache[key] = scan(policy, base)
-        result[host] = cache[key]
-    return result
-
-
-def _make_plans(
-    fleet: Fleet,
-    hosts: list[Host],
-    policies: dict[str, Policy],
-    forks: int,
-) -> tuple[dict[str, HostPlan], dict[str, Any], list[Any]]:
-    """Return (plans, snapshots, unreachable) for ``hosts``."""
-    from ..facts import collect_many
-    from ..plan import plan_phase1
-
-    snapshots, unreachable = collect_many(hosts, forks=forks)
-    issues = _build_file_issues({h: policies[h] for h in snapshots}, _inventory_base(fleet))
-    plans = {name: plan_phase1(snap, policies[name], issues[name]) for name, snap in snapshots.items()}
-    return plans, snapshots, unreachable
-
-
-# -- rendering --------------------------------------------------------------------------------------
-
-
-def _plan_tables(p: HostPlan) -> list[Table]:
-    actions = Table(
-        title=f"{p.host}: {len(p.actions)} action(s), {human_size(p.predicted_bytes)} predicted",
-        title_justify="left",
-        show_lines=False,
-    )
-    for col in ("#", "action", "target", "reason", "predicted"):
-        actions.add_column(col, justify="right" if col in ("#", "predicted") else "left")
-    for i, a in enumerate(p.actions, 1):
-        what = {
-            "remove_image": "remove image",
-            "prune_build_cache": "prune build cache",
-            "repair_build_file": "repair build file",
-        }[a.kind]
-        predicted = human_size(a.predicted_bytes) if a.kind != "repair_build_file" else "-"
-        actions.add_row(str(i), what, escape(a.label), escape(a.reason), predicted)
-    kept = Table(title=f"{p.host}: {len(p.protections)} image(s) protected", title_justify="left")
-    kept.add_column("image")
-    kept.add_column("why it stays")
-    for pr in p.protections:
-        name = ", ".join(pr.tags) or pr.image_id.removeprefix("sha256:")[:12] + " (dangling)"
-        kept.add_row(escape(name), escape("; ".join(pr.reasons)))
-    return [actions, kept]
-
-
-def _plan_markdown(plans: list[HostPlan], unreachable: list[Any]) -> str:
-    lines = ["# Phase 1 plan", ""]
-    for p in plans:
-        lines += [
-            f"## {p.host}",
-            "",
-            f"Predicted: **{human_size(p.predicted_bytes)}** ({p.predicted_bytes} bytes)",
-            "",
-            "| # | action | target | reason | predicted |",
-            "|---|---|---|---|---|",
-        ]
-        for i, a in enumerate(p.actions, 1):
-            lines.append(f"| {i} | {a.kind} | `{a.label}` | {a.reason} | {human_size(a.predicted_bytes)} |")
-        lines += ["", "| protected image | why |", "|---|---|"]
-        for pr in p.protections:
-            lines.append(f"| `{', '.join(pr.tags) or pr.image_id[:19]}` | {'; '.join(pr.reasons)} |")
+def _plan_markdown(planned: Planned) -> str:
+    lines = [f"# {planned.spec.title}", ""]
+    for p in planned.ordered:
+        lines += planned.spec.plan_markdown(p)
         lines += [f"- note: {n}" for n in p.notes] + [""]
-    for u in unreachable:
+    for u in planned.unreachable:
         lines.append(f"- **{u.host}: unreachable** — {u.reason}")
     return "\n".join(lines) + "\n"
 
 
-def _show_plans(
-    plans: dict[str, HostPlan], unreachable: list[Any], fmt: OutputFormat, skipped: list[str] | None = None
-) -> None:
-    ordered = [plans[h] for h in sorted(plans)]
+def _show_plans(planned: Planned, fmt: OutputFormat) -> None:
+    ordered = planned.ordered
     if fmt is OutputFormat.json:
         print_json(
             {
-                "phase": PHASE1,
+                "phase": planned.spec.name,
                 "plans": [p.model_dump(mode="json") for p in ordered],
-                "unreachable": [u.model_dump() for u in unreachable],
-                "skipped_done": skipped or [],
+                "unreachable": [u.model_dump() for u in planned.unreachable],
+                "skipped_done": planned.skipped_done,
             }
         )
         return
     if fmt is OutputFormat.markdown:
-        out.print(_plan_markdown(ordered, unreachable), markup=False, end="")
+        out.print(_plan_markdown(planned), markup=False, end="")
         return
+    if planned.saved_plan is not None:
+        err.print(f"[bold]applying the saved plan {escape(str(planned.saved_plan))}[/] (its facts still hold)")
     for p in ordered:
-        for table in _plan_tables(p):
+        for table in planned.spec.plan_tables(p):
             print_table(err, table)
         for note in p.notes:
             err.print(f"  [dim]note:[/] {escape(note)}")
-    for u in unreachable:
+    for u in planned.unreachable:
         err.print(f"[bold red]{escape(u.host)}: unreachable[/] — {escape(u.reason)}")
     total = sum(p.predicted_bytes for p in ordered)
-    err.print(
-        f"[bold]{len(ordered)} host(s), {sum(len(p.actions) for p in ordered)} action(s), "
-        f"{human_size(total)} predicted[/]"
-    )
-
-
-# -- commands ---------------------------------------------------------------------------------------
+    err.print(f"[bold]{len(ordered)} host(s), {planned.action_count()} action(s), {human_size(total)} predicted[/]")
 
 
 @app.command("plan")
 def plan_cmd(
-    phase: Annotated[str, typer.Argument(help="The phase to plan: phase1.")],
+    phase: Annotated[str, typer.Argument(help=f"The phase to plan: {', '.join(PHASE_NAMES)}.")],
     inventory: InventoryOpt = None,
     hosts: HostsOpt = "all",
     state: StateOpt = None,
     fmt: FormatOpt = OutputFormat.table,
     forks: ForksOpt = 5,
+    output: SavePlanOpt = None,
 ) -> None:
     """Show per host exactly what a phase would do (reason, predicted bytes) and what stays and why."""
-    from ..inventory import load_fleet
+    from ..orchestrate import plan_phase
 
-    if phase not in PHASES:
-        raise UsageError(f"unknown phase {phase!r}", hint=f"plannable phases: {', '.join(PHASES)}")
-    fleet = load_fleet(inventory, hosts)
-    policies = _policies(fleet)
-    plans, _, unreachable = _make_plans(fleet, fleet.hosts, policies, forks)
-    done: list[str] = []
-    path = state_path(state)
-    if path.exists():
-        store = StateStore(path)
-        done = [
-            h.name
-            for h in fleet.hosts
-            if (r := store.phase_status(h.name, phase)) and r.status == "succeeded"
-        ]
-        store.close()
-        if done and fmt is not OutputFormat.json:
-            err.print(
-                f"[dim]already finished {phase} (a run skips them unless --force): {', '.join(done)}[/]"
-            )
-    _show_plans(plans, unreachable, fmt, done)
-    if unreachable:
+    spec = get_spec(phase)
+    planned = plan_phase(spec, inventory, hosts, state_path(state), forks, save_to=output)
+    if planned.skipped_done and fmt is not OutputFormat.json:
+        err.print(
+            f"[dim]already finished {phase} (a run skips them unless --force): {', '.join(planned.skipped_done)}[/]"
+        )
+    _show_plans(planned, fmt)
+    if output is not None:
+        err.print(
+            f"plan saved to {escape(str(output))}; apply exactly it with: "
+            f"acgs-remediate {phase} --plan {escape(str(output))}"
+        )
+    if planned.unreachable:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+# -- running a phase --------------------------------------------------------------------------------
 
 
 class _Progress:
     """Live per-host progress (rich) on stderr; plain lines when stderr is not a terminal."""
 
-    def __init__(self, hosts: list[str]) -> None:
+    def __init__(self, phase: str, hosts: list[str]) -> None:
+        self.phase = phase
         self.state = {h: ("waiting", "") for h in hosts}
         self.live: Live | None = None
         self.t0 = time.monotonic()
 
     def table(self) -> Table:
-        t = Table(title=f"phase1 — {human_duration(time.monotonic() - self.t0)}", title_justify="left")
+        t = Table(title=f"{self.phase} — {human_duration(time.monotonic() - self.t0)}", title_justify="left")
         t.add_column("host")
         t.add_column("state")
         t.add_column("task / result")
@@ -243,7 +182,7 @@ class _Progress:
         if self.live is not None:
             self.live.__exit__(None, None, None)
 
-    def __call__(self, ev: Any) -> None:
+    def __call__(self, ev: HostEvent) -> None:
         if ev.event == "task_start":
             self.state[ev.host] = ("running", ev.task)
         else:
@@ -260,14 +199,129 @@ class _Progress:
             self.live.update(self.table())
 
 
-def _confirm(n_hosts: int, n_actions: int) -> None:
-    if not sys.stdin.isatty():
-        raise UsageError(
-            "refusing to change hosts without confirmation: stdin is not a terminal",
-            hint="review `acgs-remediate plan phase1`, then pass --yes",
+class _Terminal:
+    """The terminal side of the flow (``orchestrate.Interaction``): show, ask, live progress."""
+
+    def __init__(self, phase: str, fmt: OutputFormat) -> None:
+        self.phase = phase
+        self.fmt = fmt
+
+    def reconciled(self, host: str, phase: str) -> None:
+        err.print(f"[yellow]{host}: the {phase} run that had it ended without a result; marked interrupted[/]")
+
+    def skipping(self, phase: str, hosts: list[str]) -> None:
+        if self.fmt is not OutputFormat.json:
+            err.print(
+                f"[dim]skipping {len(hosts)} host(s) that finished {phase} (use --force to re-run): "
+                f"{', '.join(hosts)}[/]"
+            )
+
+    def show(self, planned: Planned) -> None:
+        # With JSON output stdout carries only the run's result: the plan goes to stderr as tables.
+        _show_plans(planned, OutputFormat.table if self.fmt is OutputFormat.json else self.fmt)
+
+    def confirm(self, planned: Planned) -> None:
+        phase = planned.spec.name
+        if not sys.stdin.isatty():
+            raise UsageError(
+                "refusing to change hosts without confirmation: stdin is not a terminal",
+                hint=f"review `acgs-remediate plan {phase}`, then pass --yes",
+            )
+        question = f"Apply {planned.action_count()} action(s) on {len(planned.plans)} host(s)?"
+        if not typer.confirm(question, default=False, err=True):
+            raise UsageError("cancelled; nothing changed")
+
+    @contextmanager
+    def progress(self, hosts: list[str]) -> Iterator[Callable[[HostEvent], None]]:
+        with _Progress(self.phase, hosts) as progress:
+            yield progress
+
+
+def _emit_summary(spec: PhaseSpec[Any], report: RunReport, fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.json:
+        print_json(report.to_json())
+        return
+    check, phase = report.check, report.phase
+    title = f"{phase} --check: what would be done" if check else f"{phase} {report.status or ''}"
+    extra = spec.summary_columns
+    t = Table(title=f"{title} ({human_duration(report.seconds)})", title_justify="left")
+    numeric = {"changed", *extra, "predicted", "measured freed"}
+    for col in ("host", "status", "changed", *extra, "predicted", "measured freed", "notes"):
+        t.add_column(col, justify="right" if col in numeric else "left")
+    dashes = ["-"] * len(extra)
+    for r in report.rows:
+        t.add_row(
+            r["host"],
+            _styled(r["status"]),
+            str(r["changed"]),
+            *report.cells.get(r["host"], ()),
+            human_size(r["predicted_bytes"]),
+            human_size(r["measured_freed"]),
+            escape("; ".join(report.notes.get(r["host"], []))),
         )
-    if not typer.confirm(f"Apply {n_actions} action(s) on {n_hosts} host(s)?", default=False, err=True):
-        raise UsageError("cancelled; nothing changed")
+    for u in report.unreachable:
+        t.add_row(u.host, "[bold red]unreachable[/]", "-", *dashes, "-", "-", escape(u.reason))
+    if fmt is OutputFormat.markdown:
+        cols = ["host", "status", "changed", *extra, "predicted", "measured freed"]
+        lines = [f"## {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += [
+            f"| {r['host']} | {r['status']} | {r['changed']} | "
+            + "".join(f"{c} | " for c in report.cells.get(r["host"], ()))
+            + f"{human_size(r['predicted_bytes'])} | {human_size(r['measured_freed'])} |"
+            for r in report.rows
+        ]
+        lines += [f"| {u.host} | unreachable | - | " + "- | " * len(extra) + "- | - |" for u in report.unreachable]
+        out.print("\n".join(lines), markup=False)
+        return
+    print_table(out, t)
+
+
+def run_phase_command(
+    phase: str | PhaseSpec[Any],
+    inventory: Path | None,
+    hosts: str,
+    state: Path | None,
+    fmt: OutputFormat,
+    *,
+    check: bool,
+    diff: bool,
+    yes: bool,
+    force: bool,
+    forks: int,
+    plan_file: Path | None,
+) -> None:
+    """Run ``phase`` through the shared flow, print its result, exit with its code (every phase command).
+
+    ``phase``: a phase name, or a PhaseSpec instance when the command configures it (a phase-specific
+    option such as phase 2's ``--write`` becomes a field of its spec).
+    """
+    from ..orchestrate import RunOptions, run_phase
+
+    spec = get_spec(phase) if isinstance(phase, str) else phase
+    phase = spec.name
+    ui = _Terminal(phase, fmt)
+    options = RunOptions(check=check, diff=diff, yes=yes, force=force, forks=forks, saved_plan=plan_file)
+    report = run_phase(spec, inventory, hosts, state_path(state), options, ui)
+    if report.nothing_to_do:
+        if fmt is OutputFormat.json:
+            print_json({"phase": phase, "check": check, "hosts": [], "skipped_done": report.skipped_done})
+        else:
+            err.print(f"nothing to do: every selected host finished {phase}")
+        raise typer.Exit(0)
+    for style, line in report.diff:
+        err.print(Text(line, style=style))
+    _emit_summary(spec, report, fmt)
+    code = report.exit_code()
+    if code:
+        raise typer.Exit(code)
+
+
+CheckOpt = Annotated[
+    bool,
+    typer.Option("--check", help="Show what would be done (the playbook runs in check mode); change nothing."),
+]
+DiffOpt = Annotated[bool, typer.Option("--diff", help="Show the changes (images before/after, files).")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
 @app.command("phase1")
@@ -275,365 +329,39 @@ def phase1_cmd(
     inventory: InventoryOpt = None,
     hosts: HostsOpt = "all",
     state: StateOpt = None,
-    check: Annotated[
-        bool,
-        typer.Option(
-            "--check", help="Show what would be done (the playbook runs in check mode); change nothing."
-        ),
-    ] = False,
-    diff: Annotated[
-        bool, typer.Option("--diff", help="Show the changes (images before/after, files).")
-    ] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-    force: Annotated[
-        bool, typer.Option("--force", help="Also re-run hosts that already finished phase1.")
-    ] = False,
+    check: CheckOpt = False,
+    diff: DiffOpt = False,
+    yes: YesOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Also re-run hosts that already finished phase1.")] = False,
     forks: ForksOpt = 5,
     fmt: FormatOpt = OutputFormat.table,
+    plan_file: PlanFileOpt = None,
 ) -> None:
     """Phase 1, emergency cleanup: remove oversized unused and old dangling images, prune cache, repair files.
 
-    Exit 0: done; 1: a host failed; 2: bad input/refused (nothing changed); 3: a host unreachable.
+    Exit 0: done; 1: a host failed; 2: bad input/refused (nothing changed; also a saved plan whose facts
+    changed); 3: a host unreachable.
     """
-    from ..execute import run_playbook
-    from ..inventory import load_fleet
-    from ..resources import playbooks_dir
-
-    fleet = load_fleet(inventory, hosts)
-    policies = _policies(fleet)
-    _build_file_issues(policies, _inventory_base(fleet))  # a Dockerfile that does not parse: exit 2, nothing written
-    store = StateStore(state_path(state))
-    for host, phase in store.reconcile():
-        err.print(
-            f"[yellow]{host}: the {phase} run that had it ended without a result; marked interrupted[/]"
-        )
-    todo: list[Host] = []
-    done: list[str] = []
-    for h in fleet.hosts:
-        rec = store.phase_status(h.name, PHASE1)
-        if rec is not None and rec.status == "succeeded" and not force:
-            done.append(h.name)
-        elif rec is None or rec.status in RETRY_STATES or force or rec.status == "running":
-            todo.append(h)
-    if done and fmt is not OutputFormat.json:
-        err.print(
-            f"[dim]skipping {len(done)} host(s) that finished phase1 (use --force to re-run): "
-            f"{', '.join(done)}[/]"
-        )
-    if not todo:
-        if fmt is OutputFormat.json:
-            print_json({"phase": PHASE1, "check": check, "hosts": [], "skipped_done": done})
-        else:
-            err.print("nothing to do: every selected host finished phase1")
-        raise typer.Exit(EXIT_OK)
-
-    run_id = new_run_id(PHASE1)
-    locks = None if check else store.lock_hosts([h.name for h in todo], run_id)
-    try:
-        clock = time.monotonic()
-        plans, before, unreachable = _make_plans(fleet, todo, policies, forks)
-        timings = {"facts_and_plan": round(time.monotonic() - clock, 2)}
-        _show_plans(plans, unreachable, OutputFormat.table if fmt is OutputFormat.json else fmt)
-        if not plans:
-            _finish_unreachable(store, run_id, unreachable, check)
-            _emit_summary(fmt, check, [], unreachable, done, {})
-            raise typer.Exit(EXIT_PARTIAL)
-        if not check and not yes:
-            _confirm(len(plans), sum(len(p.actions) for p in plans.values()))
-        targets = sorted(plans)
-        if not check:
-            store.begin_run(run_id, PHASE1, targets + [u.host for u in unreachable])
-            for name in targets:
-                store.mark_running(name, PHASE1, run_id, bytes_before=_snapshot_bytes(before[name]))
-            _finish_unreachable(store, run_id, unreachable, check)
-        extravars = {
-            "acgs_phase1_plan": {n: p.for_run() for n, p in plans.items()},
-            "acgs_phase1_build_files": sorted(
-                {
-                    a.path
-                    for p in plans.values()
-                    for a in p.actions
-                    if a.kind == "repair_build_file" and a.path
-                }
-            ),
-        }
-        try:
-            with _Progress(targets) as progress:
-                result = run_playbook(
-                    playbooks_dir() / PLAYBOOK,
-                    fleet.source,
-                    targets,
-                    extravars=extravars,
-                    check=check,
-                    diff=diff,
-                    forks=forks,
-                    on_event=progress,
-                )
-        except BaseException:
-            if not check:
-                for name in targets:
-                    store.finish_host(
-                        name, PHASE1, run_id, "interrupted", detail="the orchestrator was interrupted"
-                    )
-                store.finish_run(run_id, "interrupted")
-            raise
-        timings["playbook"] = round(result.seconds, 2)
-        clock = time.monotonic()
-        after: dict[str, Any] = {}
-        if not check:
-            # Every host whose image cleanup ran is measured, even when the run failed elsewhere.
-            reached = [fleet.host(n) for n in targets if _cleanup_ran(result.hosts[n])]
-            after = _measure(reached, forks)
-        timings["measure_after"] = round(time.monotonic() - clock, 2)
-        if diff:
-            _print_diff(result)
-        rows = _summarise(store, run_id, plans, before, after, result, check)
-        if not check:
-            store.finish_run(run_id, result.status)
-    finally:
-        if locks is not None:
-            locks.release()
-        store.close()
-    _emit_summary(
+    run_phase_command(
+        PHASE1,
+        inventory,
+        hosts,
+        state,
         fmt,
-        check,
-        rows,
-        unreachable,
-        done,
-        {"run_id": run_id, "status": result.status, "seconds": round(result.seconds, 2), "timings": timings},
+        check=check,
+        diff=diff,
+        yes=yes,
+        force=force,
+        forks=forks,
+        plan_file=plan_file,
     )
-    failed = any(r["status"] in ("failed", "interrupted") for r in rows)
-    if failed:
-        raise typer.Exit(EXIT_FAILED)
-    if unreachable or any(r["status"] == "unreachable" for r in rows):
-        raise typer.Exit(EXIT_PARTIAL)
-
-
-def _snapshot_bytes(snapshot: Any) -> int:
-    """Return image layers (the engine's own LayersSize, shared layers once) + build cache, in bytes."""
-    from ..analysis import storage_bytes
-
-    storage = storage_bytes(snapshot)
-    layers = snapshot.df_layers_size if snapshot.df_layers_size is not None else storage["images"]
-    return int(layers) + int(storage["build_cache"])
-
-
-def _measure(hosts: list[Host], forks: int) -> dict[str, int]:
-    """Return the bytes of ``_snapshot_bytes`` per host, measured with one /system/df call each."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..facts import disk_usage
-
-    def one(host: Host) -> tuple[str, int | None]:
-        try:
-            df = disk_usage(host)
-        except Exception:  # a host that went away after its run: its bytes are simply unknown
-            return host.name, None
-        cache = sum(int(b.get("Size") or 0) for b in df.get("BuildCache") or [] if not b.get("Shared"))
-        return host.name, int(df.get("LayersSize") or 0) + cache
-
-    if not hosts:
-        return {}
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
-        return {name: value for name, value in pool.map(one, hosts) if value is not None}
-
-
-def _finish_unreachable(store: StateStore, run_id: str, unreachable: list[Any], check: bool) -> None:
-    if check:
-        return
-    for u in unreachable:
-        store.finish_host(u.host, PHASE1, run_id, "failed", detail=f"unreachable: {u.reason}")
-
-
-def _predicted(snapshot: Any, removed: list[dict[str, Any]], cache: dict[str, Any], check: bool) -> int:
-    """Return the bytes the plan predicted for what was actually removed (layers shared among them once)."""
-    from ..analysis import reclaimable_bytes
-
-    total = reclaimable_bytes(snapshot, [r["id"] for r in removed]) if removed else 0
-    if cache.get("planned") and (check or cache.get("reclaimed_bytes")):
-        total += int(cache.get("predicted_bytes") or 0)
-    return total
-
-
-def _print_diff(result: Any) -> None:
-    """Print what each host's run changed (or would change): images before/after and files written."""
-    for name, hr in sorted(result.hosts.items()):
-        diff = (hr.results.get("acgs_image_cleanup") or {}).get("diff") or {}
-        gone = sorted(set(diff.get("before", "").splitlines()) - set(diff.get("after", "").splitlines()))
-        for line in gone:
-            err.print(Text(f"{name}: - image {line}", style="red"))
-        files = hr.results.get("acgs_build_files") or {}
-        for entry in files.get("diff") or []:
-            err.print(Text(f"{name}: + file {entry.get('after_header')}", style="green"))
-            for line in str(entry.get("after", "")).splitlines():
-                err.print(Text(f"    + {line}", style="green"))
-
-
-def _cleanup_ran(hr: Any) -> bool:
-    """Return whether ``hr``'s image cleanup ran to its end (whatever else failed in the run)."""
-    res = hr.results.get("acgs_image_cleanup")
-    return res is not None and not res.get("failed") and hr.status != "unreachable"
-
-
-def _shared_repair_failure(result: Any) -> str | None:
-    """Return why the (run-once) build-file repair failed, or None when it did not fail."""
-    for hr in result.hosts.values():
-        res = hr.results.get("acgs_build_files") or {}
-        if res.get("failed"):
-            return str(res.get("msg") or "failed").strip().splitlines()[0]
-    return None
-
-
-def _summarise(
-    store: StateStore,
-    run_id: str,
-    plans: dict[str, HostPlan],
-    before: dict[str, Any],
-    after: dict[str, Any],
-    result: Any,
-    check: bool,
-) -> list[dict[str, Any]]:
-    """Return one summary row per host; record each host's outcome in the ledger (not in check mode).
-
-    The build files are repaired once, on the control node, for sources every host's services share: when
-    that fails, phase 1 is unfinished on every host of the run (not only on the host Ansible ran it for),
-    and a re-run retries them all (their image cleanup is then a no-op).
-    """
-    shared = _shared_repair_failure(result)
-    rows: list[dict[str, Any]] = []
-    for name in sorted(plans):
-        hr = result.hosts[name]
-        mod = hr.results.get("acgs_image_cleanup", {})
-        files = hr.results.get("acgs_build_files", {})
-        removed = mod.get("would_remove" if check else "removed") or []
-        bytes_before = _snapshot_bytes(before[name])
-        bytes_after = after.get(name)
-        if result.interrupted:
-            status = "interrupted"
-        elif hr.status in ("ok", "changed"):
-            status = ("would change" if hr.changed else "no change") if check else "succeeded"
-        else:
-            status = hr.status  # failed / unreachable / not_run
-        messages = list(hr.messages)
-        if shared is not None and not result.interrupted:
-            if status in ("succeeded", "would change", "no change"):
-                status = "failed"
-            if not any(shared in m for m in messages):
-                messages.append(f"build files (shared, on the control node): {shared}")
-        row = {
-            "host": name,
-            "status": status,
-            "changed": hr.changed,
-            "actions": len(plans[name].actions),
-            "removed": len(removed),
-            "planned_images": [a.image_id for a in plans[name].removals()],
-            "removed_images": [{"id": r["id"], "tags": r["tags"]} for r in removed],
-            "skipped": mod.get("skipped_images") or [],
-            "predicted_bytes": _predicted(before[name], removed, mod.get("build_cache") or {}, check),
-            "bytes_before": bytes_before,
-            "bytes_after": bytes_after,
-            "measured_freed": (bytes_before - bytes_after) if bytes_after is not None else None,
-            "files": [f["path"] for f in files.get("repaired") or []],
-            "messages": messages,
-        }
-        rows.append(row)
-        if not check:
-            ledger_status = {"succeeded": "succeeded", "interrupted": "interrupted"}.get(status, "failed")
-            store.finish_host(
-                name,
-                PHASE1,
-                run_id,
-                ledger_status,  # type: ignore[arg-type]
-                bytes_after=bytes_after,
-                bytes_freed=row["measured_freed"],
-                removed=[{"id": r["id"], "tags": r["tags"]} for r in removed]
-                + [{"file": f} for f in row["files"]],
-                detail="; ".join(messages) or None,
-            )
-            if bytes_after is not None:
-                store.add_measurement(
-                    name,
-                    "phase1",
-                    {
-                        "bytes_before": bytes_before,
-                        "bytes_after": bytes_after,
-                        "predicted": row["predicted_bytes"],
-                    },
-                    run_id=run_id,
-                )
-    return rows
-
-
-def _emit_summary(
-    fmt: OutputFormat,
-    check: bool,
-    rows: list[dict[str, Any]],
-    unreachable: list[Any],
-    done: list[str],
-    run: dict[str, Any],
-) -> None:
-    if fmt is OutputFormat.json:
-        print_json(
-            {
-                "phase": PHASE1,
-                "check": check,
-                **run,
-                "hosts": rows,
-                "unreachable": [u.model_dump() for u in unreachable],
-                "skipped_done": done,
-            }
-        )
-        return
-    title = "phase1 --check: what would be done" if check else f"phase1 {run.get('status', '')}"
-    t = Table(title=f"{title} ({human_duration(run.get('seconds'))})", title_justify="left")
-    for col in ("host", "status", "changed", "images", "skipped", "predicted", "measured freed", "notes"):
-        t.add_column(
-            col,
-            justify="right"
-            if col in ("changed", "images", "skipped", "predicted", "measured freed")
-            else "left",
-        )
-    for r in rows:
-        notes = [f"{s['id'].removeprefix('sha256:')[:12]}: {s['reason']}" for s in r["skipped"]]
-        notes += [f"wrote {f}" for f in r["files"]] + r["messages"]
-        t.add_row(
-            r["host"],
-            _styled(r["status"]),
-            str(r["changed"]),
-            str(r["removed"]),
-            str(len(r["skipped"])),
-            human_size(r["predicted_bytes"]),
-            human_size(r["measured_freed"]),
-            escape("; ".join(notes)),
-        )
-    for u in unreachable:
-        t.add_row(u.host, "[bold red]unreachable[/]", "-", "-", "-", "-", "-", escape(u.reason))
-    target = out if fmt is OutputFormat.table else err
-    if fmt is OutputFormat.markdown:
-        lines = [
-            f"## {title}",
-            "",
-            "| host | status | changed | images | skipped | predicted | measured freed |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['host']} | {r['status']} | {r['changed']} | {r['removed']} | {len(r['skipped'])} | "
-            f"{human_size(r['predicted_bytes'])} | {human_size(r['measured_freed'])} |"
-            for r in rows
-        ]
-        lines += [f"| {u.host} | unreachable | - | - | - | - | - |" for u in unreachable]
-        out.print("\n".join(lines), markup=False)
-        return
-    print_table(target, t)
 
 
 @app.command("status")
 def status_cmd(
     state: StateOpt = None,
     fmt: FormatOpt = OutputFormat.table,
-    history: Annotated[
-        bool, typer.Option("--history", help="Also list the ledger's latest entries.")
-    ] = False,
+    history: Annotated[bool, typer.Option("--history", help="Also list the ledger's latest entries.")] = False,
 ) -> None:
     """Show hosts x phases from the state store: status, when, bytes before/after."""
     path = state_path(state)
@@ -651,7 +379,7 @@ def status_cmd(
         entries = store.history(limit=30) if history else []
     finally:
         store.close()
-    phases = sorted({r.phase for r in records} | {PHASE1})
+    phases = sorted({r.phase for r in records} | set(PHASE_NAMES))
     by_host: dict[str, dict[str, Any]] = {}
     for r in records:
         by_host.setdefault(r.host, {})[r.phase] = r
@@ -686,10 +414,7 @@ def status_cmd(
 
     if fmt is OutputFormat.markdown:
         lines = ["| host | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
-        lines += [
-            f"| {h} | " + " | ".join(cell(ph.get(p)) for p in phases) + " |"
-            for h, ph in sorted(by_host.items())
-        ]
+        lines += [f"| {h} | " + " | ".join(cell(ph.get(p)) for p in phases) + " |" for h, ph in sorted(by_host.items())]
         out.print("\n".join(lines), markup=False)
         return
     t = Table(title=f"state: {path}", title_justify="left")

@@ -53,9 +53,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the real CLI with stdin closed (not a terminal)."""
     return subprocess.run(
         [CLI, *args],
@@ -121,10 +119,15 @@ def fleet_before(fresh_sandbox: Sandbox) -> dict[str, Any]:
 
 
 def test_check_changes_nothing_and_reports_exactly_the_plan(sandbox: Sandbox, tmp_path: Path) -> None:
-    inv, state = str(sandbox.inventory_path), str(tmp_path / "s.db")
+    # The check run applies the saved plan: its minimum-age decisions were taken once, when it was made,
+    # so an image crossing dangling_min_age between the two commands cannot make them differ.
+    inv, state, saved = str(sandbox.inventory_path), str(tmp_path / "s.db"), tmp_path / "plan.json"
     before = {h: image_ids(sandbox, h) for h in sandbox.hosts()}
-    planned = as_json(run_cli("plan", "phase1", "-i", inv, "--format", "json"))
-    checked = run_cli("phase1", "-i", inv, "--state", state, "--check", "--format", "json")
+    planned = as_json(run_cli("plan", "phase1", "-i", inv, "--format", "json", "-o", str(saved)))
+    assert {h: d["plan"] for h, d in json.loads(saved.read_text())["hosts"].items()} == {
+        p["host"]: p for p in planned["plans"]
+    }
+    checked = run_cli("phase1", "-i", inv, "--state", state, "--check", "--plan", str(saved), "--format", "json")
     assert checked.returncode == 0, checked.stderr
     rows = {r["host"]: r for r in as_json(checked)["hosts"]}
     for p in planned["plans"]:
@@ -133,6 +136,72 @@ def test_check_changes_nothing_and_reports_exactly_the_plan(sandbox: Sandbox, tm
         assert {r["id"] for r in rows[p["host"]]["removed_images"]} == want
         assert rows[p["host"]]["skipped"] == []
     assert {h: image_ids(sandbox, h) for h in sandbox.hosts()} == before
+    assert as_json(run_cli("status", "--state", state, "--format", "json"))["hosts"] == {}
+
+
+def _import_unrelated_image(sb: Sandbox, host: str) -> str:
+    """Import a new one-file image on ``host`` (a fact no plan depends on); return its ID."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        payload = b"unrelated\n"
+        info = tarfile.TarInfo("unrelated.txt")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    client = _client(sb, host)
+    client.api.import_image_from_data(data.getvalue(), repository="acgs-test/unrelated", tag="1")
+    return client.images.get("acgs-test/unrelated:1").id
+
+
+def test_a_saved_plan_is_applied_exactly_and_an_unrelated_change_does_not_refuse_it(
+    fresh_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb, inv, state, saved = fresh_sandbox, str(fresh_sandbox.inventory_path), str(tmp_path / "s.db"), tmp_path / "p"
+    _restore_sources(sb)
+    before = {h: image_ids(sb, h) for h in sb.hosts()}
+    made = run_cli("plan", "phase1", "-i", inv, "-o", str(saved))
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert f"--plan {saved}" in made.stderr
+    plans = {h: d["plan"] for h, d in json.loads(saved.read_text())["hosts"].items()}
+    unrelated = _import_unrelated_image(sb, GOLDEN)
+
+    run = run_cli("phase1", "-i", inv, "--state", state, "--plan", str(saved), "--yes", "--format", "json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {r["host"]: r for r in as_json(run)["hosts"]}
+    assert sorted(rows) == sb.hosts()
+    for host, plan in plans.items():
+        planned = {a["image_id"] for a in plan["actions"] if a["kind"] == "remove_image"}
+        assert planned, host
+        assert {r["id"] for r in rows[host]["removed_images"]} == planned
+        # Exactly the plan: every image it did not name is still there (young dangling images included:
+        # the plan kept them, however old they have become since), and the new image is untouched.
+        assert image_ids(sb, host) == before[host] - planned | ({unrelated} if host == GOLDEN else set())
+    status = as_json(run_cli("status", "--state", state, "--format", "json"))["hosts"]
+    assert {h: s["phase1"]["status"] for h, s in status.items()} == {h: "succeeded" for h in sb.hosts()}
+
+
+def test_a_saved_plan_is_refused_when_an_image_in_it_became_used_and_nothing_changes(
+    fresh_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb, inv, state, saved = fresh_sandbox, str(fresh_sandbox.inventory_path), str(tmp_path / "s.db"), tmp_path / "p"
+    _restore_sources(sb)
+    assert run_cli("plan", "phase1", "-i", inv, "-o", str(saved)).returncode == 0
+    plan = json.loads(saved.read_text())["hosts"][GOLDEN]["plan"]
+    target = next(a for a in plan["actions"] if a["kind"] == "remove_image" and a["tags"])
+    _client(sb, GOLDEN).containers.create(target["image_id"], name="web-1", network_mode="none", command=["true"])
+    before = {h: image_ids(sb, h) for h in sb.hosts()}
+
+    run = run_cli("phase1", "-i", inv, "--state", state, "--plan", str(saved), "--yes", "--format", "json")
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert run.stdout == ""
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith(f"{GOLDEN}: ")]
+    assert lines == [
+        f"{GOLDEN}: image {target['image_id'][:19]}… ({', '.join(sorted(target['tags']))}) is now used by "
+        "container web-1"
+    ]
+    assert "nothing was changed" in run.stderr and "Traceback" not in run.stderr
+    # Nothing changed on any host, no file was repaired, and the ledger holds no run.
+    assert {h: image_ids(sb, h) for h in sb.hosts()} == before
+    assert not (sb.sources_root / "alembic.ini").exists()
     assert as_json(run_cli("status", "--state", state, "--format", "json"))["hosts"] == {}
 
 
@@ -253,9 +322,7 @@ def test_shell_metacharacters_in_image_references_are_inert(sandbox: Sandbox, tm
     assert {h: image_ids(sandbox, h) for h in sandbox.hosts()} == before
 
 
-def test_missing_database_url_fails_naming_the_file_and_never_writes_it(
-    sandbox: Sandbox, tmp_path: Path
-) -> None:
+def test_missing_database_url_fails_naming_the_file_and_never_writes_it(sandbox: Sandbox, tmp_path: Path) -> None:
     _restore_sources(sandbox)
     alembic = sandbox.sources_root / "alembic.ini"
     assert not alembic.exists()
@@ -335,9 +402,7 @@ def test_image_used_between_plan_and_run_is_skipped_and_reported(
     host_plan = plan_phase1(snap, policy)
     target = next(a for a in host_plan.removals() if a.category == "oversized")
     # After the plan, someone creates a (stopped) container from a planned image.
-    _client(sb, GOLDEN).containers.create(
-        target.image_id, name="late-user", network_mode="none", command=["true"]
-    )
+    _client(sb, GOLDEN).containers.create(target.image_id, name="late-user", network_mode="none", command=["true"])
     result = run_playbook(
         playbooks_dir() / "phase1_emergency_cleanup.yml",
         sb.inventory_path,
@@ -445,8 +510,11 @@ def test_an_image_a_kept_child_was_built_on_is_protected_not_refused_at_run_time
 ) -> None:
     sb, inv, state = fresh_sandbox, str(fresh_sandbox.inventory_path), str(tmp_path / "s.db")
     fleet = load_fleet(sb.inventory_path, GOLDEN)
-    target = next(a for a in plan_phase1(collect(fleet.hosts[0]), fleet.policy(fleet.hosts[0])).removals()
-                  if a.category == "oversized")
+    target = next(
+        a
+        for a in plan_phase1(collect(fleet.hosts[0]), fleet.policy(fleet.hosts[0])).removals()
+        if a.category == "oversized"
+    )
     # Someone builds an image on that oversized image with the classic builder, which records the parent.
     # (An untagged image with a child is no longer listed, nor dangling: only tagged parents are candidates.)
     context = io.BytesIO()
@@ -457,8 +525,9 @@ def test_an_image_a_kept_child_was_built_on_is_protected_not_refused_at_run_time
         tar.addfile(info, io.BytesIO(dockerfile))
     context.seek(0)
     client = _client(sb, GOLDEN)
-    child, _ = client.images.build(fileobj=context, custom_context=True, tag="acgs-test/child:1",
-                                   network_mode="none", rm=True)
+    child, _ = client.images.build(
+        fileobj=context, custom_context=True, tag="acgs-test/child:1", network_mode="none", rm=True
+    )
     assert child.attrs.get("Parent") == target.image_id
 
     planned = as_json(run_cli("plan", "phase1", "-i", inv, "--hosts", GOLDEN, "--format", "json"))["plans"][0]
@@ -493,8 +562,7 @@ def test_a_failed_shared_build_file_repair_leaves_every_host_unfinished_and_a_re
     assert {h: s["phase1"]["status"] for h, s in status.items()} == {h: "failed" for h in sb.hosts()}
     assert not (sb.sources_root / "alembic.ini").exists()
 
-    again = run_cli("phase1", "-i", inv, "--state", state, "--yes", "--format", "json",
-                    env=_env(DATABASE_URL=DB_URL))
+    again = run_cli("phase1", "-i", inv, "--state", state, "--yes", "--format", "json", env=_env(DATABASE_URL=DB_URL))
     assert again.returncode == 0, again.stderr[-2000:]
     assert {r["host"]: (r["status"], r["removed"]) for r in as_json(again)["hosts"]} == {
         h: ("succeeded", 0) for h in sb.hosts()
