@@ -135,6 +135,11 @@ CASES = [
          "is a directory, not a file"),
     Case("junit-under-a-file", ("verify", "-i", "{inv}", "--junit", "{tmp}/afile/x.xml"), "is not a directory",
          setup=_write("afile", "")),
+    Case("saved-plan-missing", (*PHASE1, "--plan", "{tmp}/plan.json"), "plan file {tmp}/plan.json does not exist"),
+    Case("saved-plan-not-json", (*PHASE1, "--plan", "{tmp}/plan.json"), "is not JSON",
+         setup=_write("plan.json", "<html></html>\n")),
+    Case("saved-plan-under-a-file", (*PLAN, "-o", "{tmp}/afile/plan.json"), "is not a directory",
+         setup=_write("afile", "")),
     Case("dockerfile-does-not-parse", PHASE1, "unknown instruction: FORM", setup=_broken_dockerfile,
          own_inventory=True),
     # -- flags and their values
