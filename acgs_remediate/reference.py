@@ -204,7 +204,7 @@ def _name_problems(name: str, explained: bool) -> list[str]:
         domain, path = components[0], components[1:]
     else:
         domain, path = None, components
-        if len(components) > 1 and (":" in components[0] or "." in components[0]):
+        if len(components) > 1 and (":" in components[0] or "." in components[0]) and not explained:
             host, _, port = components[0].partition(":")
             if port and not port.isdigit():
                 return [f"the registry port {port!r} must be a number"]
