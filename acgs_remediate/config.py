@@ -42,8 +42,11 @@ def _image_pattern(value: str) -> str:
 
 
 def _registry_name(value: str) -> str:
-    if not reference.is_valid_domain(value):
-        raise ValueError(f"{value!r} is not a valid registry name: write it as host[:port], like registry.local:5000")
+    if not reference.is_valid_registry(value):
+        raise ValueError(
+            f"{value!r} is not a valid registry name: write it as host[:port][/namespace] with a lowercase "
+            "namespace, like 127.0.0.55:5000/acgs"
+        )
     return value
 
 
@@ -76,6 +79,57 @@ class ServicePolicy(_Strict):
     expected_size: Bytes | None = None  # the report's "Expected Size" column
     budget: Bytes | None = None  # per-service cap; defaults to policy.size_cap
     compose_service: str | None = None  # name in the compose file, when it differs from name
+    # Phase 2. A hand-written optimized Dockerfile (relative to the context): built and gated as is,
+    # instead of the one phase 2 generates from ``dockerfile``.
+    optimized_dockerfile: str | None = None
+    # The final stage's base for this service, when it differs from build.runtime_base (e.g. a service
+    # that needs the full standard library where the others run on a trimmed runtime).
+    runtime_base: ImageRef | None = None
+    port: int | None = Field(None, ge=1, le=65535)  # where the service answers its health endpoint
+    # The health endpoint the image's HEALTHCHECK asks, ${VAR} expanded in the container at check time;
+    # default http://127.0.0.1:<port>/health.
+    health_url: str | None = None
+    # Environment the service runs with (what its compose file sets); the smoke test starts the image with
+    # it. "{address}" and "{port}" are replaced by the smoke test's 127.x address and the service's port.
+    env: dict[str, str] = Field(default_factory=dict)
+    # Directories the service writes to at run time: created in the image, owned by build.user.
+    writable_paths: list[str] = Field(default_factory=list)
+
+    def health_url_template(self) -> str | None:
+        """Return the health URL the image's HEALTHCHECK asks, or None when the service has no port or URL."""
+        if self.health_url:
+            return self.health_url
+        return f"http://127.0.0.1:{self.port}/health" if self.port else None
+
+
+class HealthcheckPolicy(_Strict):
+    """The HEALTHCHECK timing written into generated Dockerfiles (seconds)."""
+
+    interval: Seconds = 30.0
+    timeout: Seconds = 5.0
+    start_period: Seconds = 10.0
+    retries: int = Field(3, ge=1)
+
+
+class BuildPolicy(_Strict):
+    """How phase 2 builds optimized images (bases, wheelhouse, user, health check, dev-file rules) and where
+    (the builder host, once per distinct source; build args)."""
+
+    builder_base: ImageRef = "python:3.11-slim"  # where dependencies are installed (needs pip)
+    runtime_base: ImageRef = "python:3.11-slim"  # the small final stage
+    pip: str = "pip"  # the pip command in the builder base
+    # An image holding a wheelhouse (pip download): builds install with --no-index --find-links from
+    # these directories of it. None: pip reaches the index.
+    wheelhouse_image: ImageRef | None = None
+    wheelhouse_dirs: list[str] = Field(default_factory=lambda: ["/wheels"])
+    user: str = "10001:10001"  # the non-root user the final image runs as
+    healthcheck: HealthcheckPolicy = Field(default_factory=HealthcheckPolicy)
+    # A file of the context at least this big that the service's code never names is left out of it.
+    big_file: Bytes = 1_000_000
+    # The inventory host whose engine builds every service (once per distinct source); None: the first host.
+    builder: str | None = None
+    # Build arguments given to every service's build (``--build-arg``); part of the source hash.
+    args: dict[str, str] = Field(default_factory=dict)
 
 
 class Criteria(_Strict):
@@ -84,6 +138,78 @@ class Criteria(_Strict):
     storage_reduction_pct: float = Field(90.0, gt=0, le=100)
     max_dangling: int = Field(0, ge=0)
     build_time_max: Seconds = 300.0
+
+
+def parse_watermark(value: Any) -> str:
+    """Return a watermark written "85%" (of the data root's filesystem) or "20GB" (engine bytes), normalised.
+
+    Normalised forms: ``"85%"`` or a byte count such as ``"20000000000"``. Raises ValueError when unreadable.
+    """
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{value!r} is not a watermark; write it like 85% or 20GB")
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"{value!r} is not a percentage; write it like 85%") from None
+        if not 0 < pct <= 100:
+            raise ValueError(f"{value!r} must be above 0% and at most 100%")
+        return f"{pct:g}%"
+    return str(parse_size(text if isinstance(value, str) else value))
+
+
+Watermark = Annotated[str, BeforeValidator(parse_watermark)]
+
+
+def watermark_is_percent(value: str) -> bool:
+    """Return True for a watermark of the filesystem ("85%"), False for one in engine bytes."""
+    return value.endswith("%")
+
+
+def watermark_bytes(value: str, capacity: int | None) -> int | None:
+    """Return the watermark in bytes: a percentage of ``capacity`` (None when unknown), or its byte count."""
+    if watermark_is_percent(value):
+        return None if capacity is None else int(capacity * float(value[:-1]) / 100)
+    return int(value)
+
+
+class Hygiene(_Strict):
+    """The scheduled hygiene run: watermarks, per-category budgets and ages (kubelet image GC's model).
+
+    Above ``high_watermark`` the run evicts unused images, least recently used first, down to
+    ``low_watermark``. "85%" is a share of the filesystem holding the engine's data root (measured with
+    statfs where the engine is local); "20GB" counts the engine's own accounting (image layers once each
+    + build cache). Both watermarks must use the same kind. Dangling images past their age and build cache
+    above its budget go on every run, whatever the watermark says.
+    """
+
+    high_watermark: Watermark = "85%"
+    low_watermark: Watermark = "80%"
+    # Nothing that arrived on the engine (pull, load, build) more recently than this is a candidate.
+    fresh_min_age: Seconds = 3600.0
+    # Dangling images go once they have been on the engine this long (a build may still need them).
+    dangling_min_age: Seconds = 3600.0
+    # Unused images go (under watermark pressure) only when last used longer ago than this.
+    unused_min_age: Seconds = 86400.0
+    # Build cache above this is pruned, least recently used first; None: the policy's build_cache_budget.
+    build_cache_budget: Bytes | None = None
+    # The engine event stream is read since the previous run, but never further back than this.
+    events_lookback: Seconds = 7 * 86400.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Hygiene:
+        if watermark_is_percent(self.high_watermark) != watermark_is_percent(self.low_watermark):
+            raise ValueError("high_watermark and low_watermark must both be percentages or both be sizes")
+        high = float(self.high_watermark.rstrip("%"))
+        low = float(self.low_watermark.rstrip("%"))
+        if low >= high:
+            raise ValueError(
+                f"low_watermark ({self.low_watermark}) must be below high_watermark ({self.high_watermark})"
+            )
+        if self.fresh_min_age < 120:
+            raise ValueError("fresh_min_age must be at least 2m: a fresh pull or build must survive until used")
+        return self
 
 
 class Policy(_Strict):
@@ -101,7 +227,12 @@ class Policy(_Strict):
     services: list[ServicePolicy] = Field(default_factory=list)
     sources_root: str = "."
     wheelhouse: str | None = None
+    build: BuildPolicy = Field(default_factory=BuildPolicy)
     criteria: Criteria = Field(default_factory=Criteria)
+    hygiene: Hygiene = Field(default_factory=Hygiene)
+    # Where phase 2 pushes built images for the other hosts to pull ("host:port/namespace"); None ships
+    # them engine to engine (export from the builder, load into each host).
+    registry: RegistryName | None = None
 
     @model_validator(mode="after")
     def _unique_services(self) -> Policy:

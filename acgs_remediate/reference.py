@@ -70,6 +70,14 @@ def is_valid_domain(domain: str) -> bool:
     return _DOMAIN_RE.match(domain) is not None
 
 
+def is_valid_registry(registry: str) -> bool:
+    """Return whether ``registry`` is ``host[:port][/namespace]`` (``127.0.0.55:5000/acgs``): where images go."""
+    domain, _, namespace = registry.partition("/")
+    if not _DOMAIN_RE.match(domain):
+        return False
+    return not namespace or re.match(r"^" + _REMOTE_NAME + r"$", namespace, re.ASCII) is not None
+
+
 def problems(reference: str) -> list[str]:
     """Return why ``reference`` is not a valid image reference, in words (empty when it is valid)."""
     if is_valid(reference):

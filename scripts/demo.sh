@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job end to end on a fresh local sandbox fleet: analyze -> plan -> phase1 -> verify -> status.
+# The main job end to end on a fresh local sandbox fleet: analyze -> plan -> phase1 -> verify -> status -> hygiene.
 # Usage: scripts/demo.sh HOSTS DIR STATE   (make demo passes them)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,4 +31,6 @@ run "6. Phase 1 again: every host already done, nothing changes" acgs-remediate 
 run "7. Verify after phase 1 (build criteria stay 'not verified' until phase 2 lands)" \
   acgs-remediate verify --hosts all --junit reports/verify.xml
 run "8. Where every host stands" acgs-remediate status
-printf '\nReports: reports/analyze.md, reports/analyze.html, reports/verify.xml. Stop the fleet: make demo-down\n'
+run "9. Hygiene, the scheduled run (cron/systemd/AWX): after phase 1 every host is clean, nothing to do" \
+  acgs-remediate hygiene --hosts all --yes --metrics-file reports/acgs_hygiene.prom
+printf '\nReports: reports/analyze.md, reports/analyze.html, reports/verify.xml, reports/acgs_hygiene.prom. Stop the fleet: make demo-down\n'

@@ -53,6 +53,7 @@ _COMMAND_MODULES = {
     "analyze": "analyze",
     "plan": "phases",
     "phase1": "phases",
+    "hygiene": "hygiene",
     "status": "phases",
     "verify": "verify",
 }

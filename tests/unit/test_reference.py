@@ -125,3 +125,27 @@ def test_a_bad_reference_in_the_policy_names_file_key_and_reason(policy, key, wh
 def test_registry_names_are_host_and_port():
     assert reference.is_valid_domain("registry.local:5000") and reference.is_valid_domain("127.0.0.55:5000")
     assert not reference.is_valid_domain("https://registry.local") and not reference.is_valid_domain("reg:x")
+
+
+@pytest.mark.parametrize(
+    ("policy", "key"),
+    [
+        ({"registry": "https://127.0.0.55:5000"}, "acgs_policy.registry: 'https://127.0.0.55:5000' is not a valid"),
+        ({"registry": "127.0.0.55:5000/ACGS"}, "acgs_policy.registry"),
+        ({"build": {"runtime_base": "Python:3.11"}}, "acgs_policy.build.runtime_base: 'Python:3.11'"),
+        ({"build": {"wheelhouse_image": "wheels house:1"}}, "acgs_policy.build.wheelhouse_image"),
+        (
+            {"services": [{"name": "gs", "image": "gs:1", "context": ".", "runtime_base": "py 3"}]},
+            "acgs_policy.services.0.runtime_base",
+        ),
+    ],
+)
+def test_every_later_reference_field_is_checked_too(policy, key):
+    with pytest.raises(UsageError) as exc:
+        parse_policy(policy, "all.yml")
+    assert key in exc.value.message
+
+
+def test_registry_names_with_a_namespace_are_accepted():
+    assert parse_policy({"registry": "127.0.0.55:5000/acgs"}, "all.yml").registry == "127.0.0.55:5000/acgs"
+    assert reference.is_valid_registry("registry.local") and not reference.is_valid_registry("reg/UPPER")
