@@ -149,8 +149,10 @@ CASES = [
     Case("unknown-phase", ("plan", "phase9", "-i", "{inv}"), "unknown phase 'phase9'"),
     Case("status-format-xml", ("status", "--format", "xml"), "'xml' is not one of"),
     Case("sandbox-zero-hosts", ("sandbox", "up", "--hosts", "0", "--dir", "{tmp}/sb"), "Invalid value for '--hosts'"),
-    Case("sandbox-unknown-scenario", ("sandbox", "up", "--scenario", "{tmp}/none", "--dir", "{tmp}/sb"),
+    Case("sandbox-unknown-scenario", ("sandbox", "up", "--scenario", "{tmp}/none", "--dir", "/tmp/acgs-bad-v"),
          "unknown scenario"),
+    Case("sandbox-dir-too-long", ("sandbox", "up", "--scenario", "none", "--dir", "{tmp}/" + "d" * 80),
+         "too long for unix socket paths"),
     # -- environment
     Case("state-env-under-a-file", ("analyze", "-i", "{inv}"), "cannot open state store",
          env={"ACGS_REMEDIATE_STATE": "{tmp}/afile/state.db"}, setup=_write("afile", "")),
@@ -251,4 +253,5 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), proc.stderr
     assert fill(case.says) in lines[0], proc.stderr
     assert not state.exists(), "a state store was written"
+    assert not Path("/tmp/acgs-bad-v").exists(), "a sandbox directory was made"
     assert engines_state(sandbox) == before, "an engine changed"
