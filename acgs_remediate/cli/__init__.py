@@ -53,6 +53,8 @@ _COMMAND_MODULES = {
     "analyze": "analyze",
     "plan": "phases",
     "phase1": "phases",
+    "phase3": "deploy",
+    "rollback": "deploy",
     "hygiene": "hygiene",
     "status": "phases",
     "verify": "verify",
