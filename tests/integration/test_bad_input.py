@@ -87,7 +87,7 @@ CASES = [
          setup=_write("bad.yml", "all:\n  hosts:\n    h1: {docker_host: [unix:///x\n")),
     Case("inventory-bad-docker-host", (*PHASE1[:2], "-i", "{tmp}/h.yml"), "is not a Docker endpoint",
          setup=_write("h.yml", "all:\n  hosts:\n    h1: {docker_host: 'docker.example.com:2375'}\n")),
-    Case("inventory-bad-timeout", ("analyze", "-i", "{tmp}/t.yml"), "docker_timeout must be a positive number of seconds",
+    Case("inventory-bad-timeout", ("analyze", "-i", "{tmp}/t.yml"), "docker_timeout must be a positive number",
          setup=_write("t.yml", "all:\n  hosts:\n    h1: {docker_host: 'unix:///run/x.sock', docker_timeout: soon}\n")),
     # -- host patterns
     Case("pattern-no-match", (*PHASE1, "--hosts", "nosuchgroup"), "matches no host"),
