@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Policy, ServicePolicy
+from .errors import UsageError
 from .plan import BuildFileIssue
 
 DB_URL_VARS = ("ACGS_DATABASE_URL", "DATABASE_URL")
@@ -93,8 +94,27 @@ def _kind(path: Path) -> str:
     return "other"
 
 
+def _check_syntax(dockerfile: Path, service: ServicePolicy) -> None:
+    """Raise UsageError when ``dockerfile`` is not a Dockerfile docker build would parse (nothing to plan from)."""
+    from .doctor import dockerfile_syntax_error
+
+    try:
+        problem = dockerfile_syntax_error(dockerfile.read_text(encoding="utf-8", errors="replace"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {dockerfile} (service {service.name}): {exc.strerror or exc}") from None
+    if problem is not None:
+        line, why = problem
+        raise UsageError(
+            f"{dockerfile}:{line}: {why} (service {service.name}); its missing build files cannot be planned",
+            hint="fix the Dockerfile (docker build refuses it too), or point services[].dockerfile at the right file",
+        )
+
+
 def scan(policy: Policy, base: Path | None = None) -> list[BuildFileIssue]:
-    """Return every file a service's Dockerfile copies that is missing from its build context."""
+    """Return every file a service's Dockerfile copies that is missing from its build context.
+
+    Raises UsageError naming the file and line when a Dockerfile does not parse.
+    """
     issues: list[BuildFileIssue] = []
     for service in policy.services:
         context = policy.service_context(service, base)
@@ -102,6 +122,7 @@ def scan(policy: Policy, base: Path | None = None) -> list[BuildFileIssue]:
         dockerfile = dockerfile if dockerfile.is_absolute() else context / dockerfile
         if not dockerfile.is_file():
             continue  # no sources for this service on the control node: nothing to repair here
+        _check_syntax(dockerfile, service)
         for src in _dockerfile_sources(dockerfile):
             target = (context / src.lstrip("/")).resolve()
             if not target.exists():

@@ -10,8 +10,9 @@ import fnmatch
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from . import reference
 from .errors import UsageError
 from .units import parse_duration, parse_size
 
@@ -20,6 +21,40 @@ POLICY_VAR = "acgs_policy"
 Bytes = Annotated[int, BeforeValidator(parse_size)]
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 Priority = Literal["CRITICAL", "HIGH", "MEDIUM", "LOW"]
+_REFERENCE_HINT = (
+    "write image references as Docker does: [registry[:port]/]name[:tag][@digest] with a lowercase name, "
+    "like nvcr.io/nvidia/tritonserver:24.10-py3; patterns may add * ? [...]"
+)
+
+
+def _image_reference(value: str) -> str:
+    reason = reference.describe(value)
+    if reason:
+        raise ValueError(f"{value!r} is not a valid image reference: {reason}")
+    return value
+
+
+def _image_pattern(value: str) -> str:
+    reason = reference.describe_pattern(value)
+    if reason:
+        raise ValueError(f"{value!r} is not a valid image pattern: {reason}")
+    return value
+
+
+def _registry_name(value: str) -> str:
+    if not reference.is_valid_registry(value):
+        raise ValueError(
+            f"{value!r} is not a valid registry name: write it as host[:port][/namespace] with a lowercase "
+            "namespace, like 127.0.0.55:5000/acgs"
+        )
+    return value
+
+
+# Every image reference, pattern or registry name a user writes in the policy is one of these, so that a typo
+# is exit 2 at load time, never a run that quietly skips the image (reference.py: Docker's grammar).
+ImageRef = Annotated[str, AfterValidator(_image_reference)]
+ImagePattern = Annotated[str, AfterValidator(_image_pattern)]  # fnmatch over references
+RegistryName = Annotated[str, AfterValidator(_registry_name)]
 
 
 class _Strict(BaseModel):
@@ -29,7 +64,7 @@ class _Strict(BaseModel):
 class OversizedImage(_Strict):
     """An image the report names as oversized: removed in phase 1 when nothing uses it."""
 
-    ref: str
+    ref: ImageRef
     priority: Priority = "HIGH"
     reason: str = ""
 
@@ -38,7 +73,7 @@ class ServicePolicy(_Strict):
     """One of the fleet's own services: where it is built from and what it may weigh."""
 
     name: str
-    image: str  # repository:tag the service runs
+    image: ImageRef  # repository:tag the service runs
     context: str  # build context, relative to policy.sources_root unless absolute
     dockerfile: str = "Dockerfile"
     expected_size: Bytes | None = None  # the report's "Expected Size" column
@@ -49,7 +84,7 @@ class ServicePolicy(_Strict):
     optimized_dockerfile: str | None = None
     # The final stage's base for this service, when it differs from build.runtime_base (e.g. a service
     # that needs the full standard library where the others run on a trimmed runtime).
-    runtime_base: str | None = None
+    runtime_base: ImageRef | None = None
     port: int | None = Field(None, ge=1, le=65535)  # where the service answers its health endpoint
     # The health endpoint the image's HEALTHCHECK asks, ${VAR} expanded in the container at check time;
     # default http://127.0.0.1:<port>/health.
@@ -80,12 +115,12 @@ class BuildPolicy(_Strict):
     """How phase 2 builds optimized images (bases, wheelhouse, user, health check, dev-file rules) and where
     (the builder host, once per distinct source; build args)."""
 
-    builder_base: str = "python:3.11-slim"  # where dependencies are installed (needs pip)
-    runtime_base: str = "python:3.11-slim"  # the small final stage
+    builder_base: ImageRef = "python:3.11-slim"  # where dependencies are installed (needs pip)
+    runtime_base: ImageRef = "python:3.11-slim"  # the small final stage
     pip: str = "pip"  # the pip command in the builder base
     # An image holding a wheelhouse (pip download): builds install with --no-index --find-links from
     # these directories of it. None: pip reaches the index.
-    wheelhouse_image: str | None = None
+    wheelhouse_image: ImageRef | None = None
     wheelhouse_dirs: list[str] = Field(default_factory=lambda: ["/wheels"])
     user: str = "10001:10001"  # the non-root user the final image runs as
     healthcheck: HealthcheckPolicy = Field(default_factory=HealthcheckPolicy)
@@ -243,7 +278,7 @@ class Policy(_Strict):
     scale: float = Field(1.0, gt=0, description="sandbox scale factor; 1.0 on a real fleet")
     size_cap: Bytes = 300_000_000
     oversized_images: list[OversizedImage] = Field(default_factory=list)
-    protected_patterns: list[str] = Field(default_factory=list)
+    protected_patterns: list[ImagePattern] = Field(default_factory=list)
     rollback_keep: int = Field(2, ge=0)
     dangling_min_age: Seconds = 3600.0
     # Images that ARRIVED on the engine (built, pulled, loaded) more recently than this are never candidates;
@@ -261,7 +296,7 @@ class Policy(_Strict):
     hygiene: Hygiene = Field(default_factory=Hygiene)
     # Where phase 2 pushes built images for the other hosts to pull ("host:port/namespace"); None ships
     # them engine to engine (export from the builder, load into each host).
-    registry: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$")
+    registry: RegistryName | None = None
 
     @model_validator(mode="after")
     def _unique_services(self) -> Policy:
@@ -322,7 +357,8 @@ def parse_policy(raw: Any, source: str) -> Policy:
     try:
         return Policy.model_validate(raw)
     except ValidationError as err:
-        raise UsageError(
-            describe_validation_error(err, source),
-            hint="fix the value in that file; sizes are written like 300MB, durations like 2h",
-        ) from None
+        message = describe_validation_error(err, source)
+        hint = "fix the value in that file; sizes are written like 300MB, durations like 2h"
+        if any(x in message for x in ("valid image reference", "valid image pattern", "valid registry name")):
+            hint = "fix the value in that file; " + _REFERENCE_HINT
+        raise UsageError(message, hint=hint) from None

@@ -335,6 +335,74 @@ def _contains_tool(text: str, tool: str) -> bool:
     return bool(re.search(rf"(?<![\w.-]){re.escape(tool)}(?![\w.-])", text, re.IGNORECASE))
 
 
+# Instructions Docker's Dockerfile frontend knows (moby/buildkit frontend/dockerfile/instructions/parse.go).
+DOCKERFILE_INSTRUCTIONS = frozenset(
+    "ADD ARG CMD COPY ENTRYPOINT ENV EXPOSE FROM HEALTHCHECK LABEL MAINTAINER ONBUILD RUN SHELL STOPSIGNAL USER "
+    "VOLUME WORKDIR".split()
+)
+_DIRECTIVE_RE = re.compile(r"^#\s*(\w+)\s*=\s*(.*?)\s*$")
+_HEREDOC_RE = re.compile(r"<<(-?)([\"']?)([A-Za-z_][\w.-]*)\2")
+
+
+def dockerfile_syntax_error(text: str) -> tuple[int, str] | None:
+    """Return (1-based line, problem) for the first thing ``docker build`` would refuse to parse, or None.
+
+    The checks are those of Docker's parser that decide whether a file is a Dockerfile at all: an unknown
+    instruction, an instruction with no arguments, anything but ARG before the first FROM, FROM with other than
+    one or three words, a file with no instruction. Line continuations, comments, the escape directive and
+    heredocs (RUN <<EOF ... EOF) are read as Docker reads them. Stricter checks are hadolint's business.
+    """
+    lines = text.splitlines()
+    escape = "\\"
+    seen_from = seen_any = False
+    i = 0
+    # Parser directives: leading "# key=value" comments.
+    while i < len(lines):
+        match = _DIRECTIVE_RE.match(lines[i])
+        if not match:
+            break
+        if match.group(1).lower() == "escape" and match.group(2) in ("`", "\\"):
+            escape = match.group(2)
+        i += 1
+    while i < len(lines):
+        start = i
+        line = lines[i].strip()
+        i += 1
+        if not line or line.startswith("#"):
+            continue
+        logical = line
+        while logical.endswith(escape) and i < len(lines):
+            nxt = lines[i].strip()
+            i += 1
+            if not nxt or nxt.startswith("#"):
+                continue  # comment and empty lines inside a continuation are dropped, as Docker does
+            logical = logical[: -len(escape)] + " " + nxt
+        logical = logical.removesuffix(escape).strip()
+        word, _, args = logical.partition(" ")
+        keyword, args = word.upper(), args.strip()
+        if keyword not in DOCKERFILE_INSTRUCTIONS:
+            return start + 1, f"unknown instruction: {word}"
+        seen_any = True
+        if not args:
+            return start + 1, f"{keyword} requires at least one argument"
+        if keyword == "FROM":
+            seen_from = True
+            words = args.split()
+            if any(w.startswith("--") for w in words):
+                words = [w for w in words if not w.startswith("--")]
+            if len(words) not in (1, 3) or (len(words) == 3 and words[1].upper() != "AS"):
+                return start + 1, "FROM requires either one or three arguments (FROM image [AS name])"
+        elif not seen_from and keyword != "ARG":
+            return start + 1, f"{keyword} before the first FROM: no build stage in current context"
+        # Heredoc bodies (RUN <<EOF ... EOF) are content, not instructions.
+        if keyword in ("RUN", "COPY", "ADD"):
+            for dash, _, word_end in _HEREDOC_RE.findall(args):
+                while i < len(lines) and (lines[i].lstrip("\t") if dash else lines[i]) != word_end:
+                    i += 1
+                i += 1
+    return None if seen_any else (1, "the file holds no instruction")
+
+
 def check_service(
     service: ServicePolicy, policy: Policy, base: Path | None = None, snapshot: HostSnapshot | None = None
 ) -> ServiceDoctor:
@@ -397,7 +465,21 @@ def check_service(
         return result
     from dockerfile_parse import DockerfileParser
 
-    parser = DockerfileParser(fileobj=io.BytesIO(dockerfile.read_bytes()))
+    content = dockerfile.read_bytes()
+    problem = dockerfile_syntax_error(content.decode("utf-8", errors="replace"))
+    if problem is not None:
+        findings.append(
+            DoctorFinding(
+                severity="error",
+                code="dockerfile-syntax",
+                title="Dockerfile does not parse",
+                message=f"{service.dockerfile}:{problem[0]}: {problem[1]}",
+                file=service.dockerfile,
+                line=problem[0],
+            )
+        )
+        return result
+    parser = DockerfileParser(fileobj=io.BytesIO(content))
     _check_instructions(parser.structure, ctx, service, policy, snapshot, result)
     return result
 

@@ -133,6 +133,12 @@ def load_fleet(path: str | os.PathLike[str] | None, pattern: str = "all") -> Fle
     importing it (~0.3 s per command) when every input ansible would read is byte-for-byte unchanged.
     """
     source = resolve_inventory(path)
+    if not pattern.strip(" ,:"):
+        # ansible reads an empty pattern (or one of only separators) as every host: never what a user meant.
+        raise UsageError(
+            f"host pattern {pattern!r} is empty",
+            hint="name the hosts or groups to work on, like --hosts prod, or --hosts all for every host",
+        )
     # Make ansible fail loudly on a source it cannot parse instead of warning and going on empty.
     # Set before the cache key is computed: these are ANSIBLE_ variables, which the key covers.
     os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "True")
@@ -173,16 +179,21 @@ def _load_with_ansible(source: Path, pattern: str) -> tuple[Fleet, bool]:
             inventory = InventoryManager(loader=loader, sources=[str(source)])
             variables = VariableManager(loader=loader, inventory=inventory)
     except AnsibleError:
+        problem = _syntax_problem(source)
+        if problem is None:
+            # Nothing malformed: a directory with no file that lists hosts (only group_vars/, say).
+            raise _no_hosts_error(source, None) from None
         raise UsageError(
-            f"cannot read inventory {source}: {_syntax_problem(source)}",
+            f"cannot read inventory {source}: {problem}",
             hint="fix the syntax (YAML or INI) and retry",
         ) from None
     if not inventory.hosts:
-        raise UsageError(f"inventory {source} defines no hosts", hint="add hosts, or pass another -i PATH")
+        raise _no_hosts_error(source, inventory)
     try:
         # ansible warns on stderr about an unmatched pattern; we raise our own clear error instead.
         with _quiet_ansible_warnings():
-            selected = inventory.get_hosts(pattern or "all")
+            _check_pattern_terms(inventory, pattern, source)
+            selected = inventory.get_hosts(pattern)
     except AnsibleError as err:
         raise UsageError(
             f"bad host pattern {pattern!r}: {err}",
@@ -216,6 +227,42 @@ def _load_with_ansible(source: Path, pattern: str) -> tuple[Fleet, bool]:
     return Fleet(source=source, hosts=hosts, _policy_sources=sources), all_plain
 
 
+def _check_pattern_terms(inventory: Any, pattern: str, source: Path) -> None:
+    """Raise UsageError when a term of ``pattern`` is empty, a broken regex, or adds hosts that do not exist.
+
+    ansible only warns about such terms and goes on with the others, and reads a lone ``~`` as a regex matching
+    every host: for a tool that deletes things, a typo must stop the run rather than widen or narrow it.
+    Exclusions (``!term``) and intersections (``&term``) that match nothing change nothing and are allowed.
+    """
+    from ansible.inventory.manager import split_host_pattern
+
+    hint = "use an Ansible pattern such as prod, 'web*', '~web0[12]' or 'prod:!h3'"
+    terms = split_host_pattern(pattern)
+    kept = "".join(re.sub(r"[\s,:]", "", t) for t in terms)
+    if kept != re.sub(r"[\s,:]", "", pattern):
+        # ansible's splitter silently drops what it cannot read (an unclosed '[', a lone ']').
+        read_as = ",".join(terms)
+        raise UsageError(
+            f"host pattern {pattern!r} is not well formed: ansible would read it as {read_as!r}",
+            hint=hint + "; close every '[' (web[1:3]) or quote a regex whole ('~web0[12]')",
+        )
+    for term in terms:
+        bare = term.lstrip("!&")
+        if bare in ("", "~"):
+            raise UsageError(f"host pattern {pattern!r} has an empty term {term!r}", hint=hint)
+        if bare.startswith("~"):
+            try:
+                re.compile(bare[1:])
+            except re.error as exc:
+                raise UsageError(f"host pattern {pattern!r}: {bare[1:]!r} is not a regular expression: {exc}") from None
+        if term[0] not in "!&" and not inventory.get_hosts(term):
+            groups = ", ".join(sorted(g for g in inventory.groups if g not in ("all", "ungrouped")))
+            raise UsageError(
+                f"host pattern {pattern!r}: {term!r} matches no host in {source}",
+                hint=f"groups there: {groups or '(none)'}; patterns work as with ansible --limit",
+            )
+
+
 @contextlib.contextmanager
 def _quiet_ansible_warnings() -> Iterator[None]:
     from ansible.utils.display import Display
@@ -232,8 +279,88 @@ def _quiet_ansible_warnings() -> Iterator[None]:
             setattr(display, name, fn)
 
 
-def _syntax_problem(source: Path) -> str:
-    """Return where a YAML inventory file is malformed, in one line (ansible's own message is many)."""
+_NO_HOSTS_HINT = (
+    "list hosts in an inventory file, like all: {hosts: {web1: {docker_host: 'ssh://deploy@web1'}}} "
+    "(group_vars/ and host_vars/ only add variables), or pass -i with the file that lists them"
+)
+
+
+def _inventory_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    """Return (the files ansible reads as inventory sources in ``directory``, the files it ignores there).
+
+    Files under group_vars/ and host_vars/ are variables, in neither list.
+    """
+    from ansible import constants as C
+
+    ignored_exts = tuple(C.INVENTORY_IGNORE_EXTS or ())
+    found: list[Path] = []
+    ignored: list[Path] = []
+    for path in sorted(directory.rglob("*")):
+        parts = path.relative_to(directory).parts
+        if not path.is_file() or {"group_vars", "host_vars"} & set(parts[:-1]):
+            continue
+        hidden = any(p.startswith(".") for p in parts)
+        (ignored if hidden or path.name.endswith(ignored_exts) else found).append(path)
+    return found, ignored
+
+
+def _blank(path: Path) -> str | None:
+    """Return "is empty" / "holds only comments" for an inventory file without content, else None."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    if not text.strip():
+        return "is empty"
+    if all(not line.strip() or line.lstrip().startswith(("#", ";")) for line in text.splitlines()):
+        return "holds only comments"
+    return None
+
+
+def _names(paths: list[Path], base: Path) -> str:
+    return ", ".join(str(p.relative_to(base)) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+
+
+def _no_hosts_error(source: Path, inventory: Any) -> UsageError:
+    """Return the error for an inventory that names no host, saying what it holds instead.
+
+    ``inventory`` is ansible's InventoryManager when it loaded (its groups are named), else None.
+    """
+    if source.is_dir() and source.name in ("group_vars", "host_vars"):
+        return UsageError(
+            f"inventory {source} is a {source.name}/ directory: it holds variables, not hosts",
+            hint=f"pass -i {source.parent} (the directory holding {source.name}/ and the inventory file)",
+        )
+    groups: list[str] = []
+    if inventory is not None:
+        groups = sorted(str(g) for g in inventory.groups if g not in ("all", "ungrouped"))
+    files = [source]
+    if source.is_dir():
+        files, ignored = _inventory_files(source)
+        if not files:
+            held = [f"{d}/" for d in ("group_vars", "host_vars") if (source / d).is_dir()]
+            holds = f"only {' and '.join(held)} (variables)" if held else "no inventory file"
+            if ignored:
+                holds += f"; ansible ignores {_names(ignored, source)}"
+            return UsageError(f"inventory directory {source} defines no hosts: it holds {holds}", hint=_NO_HOSTS_HINT)
+    blanks = [_blank(f) for f in files]
+    if groups:
+        what = f"it has groups ({', '.join(groups[:5])}{', ...' if len(groups) > 5 else ''}) but no host in any"
+    elif all(blanks) and source.is_file():
+        what = f"the file {blanks[0]}"
+    elif all(blanks):
+        what = "; ".join(f"{f.relative_to(source)} {b}" for f, b in list(zip(files, blanks, strict=True))[:3])
+    else:
+        what = "no host is listed"
+    return UsageError(f"inventory {source} defines no hosts: {what}", hint=_NO_HOSTS_HINT)
+
+
+def _syntax_problem(source: Path) -> str | None:
+    """Return where an inventory is malformed, in one line (ansible's own message is many).
+
+    None when every YAML file parses and a directory holds no inventory file at all: nothing is malformed,
+    the inventory just names no host.
+    """
     import yaml  # only on this error path: a command whose inventory loads never pays for it
 
     files = [source] if source.is_file() else sorted(source.rglob("*.y*ml"))
@@ -246,6 +373,8 @@ def _syntax_problem(source: Path) -> str:
             return f"{exc.problem or 'YAML error'} at {where}"
         except (OSError, yaml.YAMLError) as exc:
             return f"{f}: {exc}"
+    if source.is_dir() and not _inventory_files(source)[0]:
+        return None
     return "no inventory plugin could parse it"
 
 

@@ -652,6 +652,7 @@ def run_phase(
 
     fleet = load_fleet(inventory, hosts)
     policies = policies_of(fleet)
+    spec.prepare(policies, _inventory_base(fleet))  # its input errors (a Dockerfile that does not parse): exit 2 now
     saved: tuple[SavedPlan, dict[str, Any]] | None = None
     selected = fleet.hosts
     if options.saved_plan is not None:

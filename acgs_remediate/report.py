@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
-from .analysis import HostAnalysis
+from .analysis import HostAnalysis, ServiceImage
 from .doctor import ServiceDoctor
 from .models import Baseline, Unreachable
 from .units import human_size
@@ -551,6 +551,8 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
     """Print the report as rich tables on ``console``."""
     from rich.table import Table
 
+    from .tables import print_table
+
     s = report.summary
     style = {"CRITICAL": "bold red", "WARNING": "yellow", "OK": "green"}[report.status]
     console.print(
@@ -567,7 +569,7 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
         ("vs baseline", "right"),
         ("status", "left"),
     ]:
-        fleet.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+        fleet.add_column(col, justify=just)  # type: ignore[arg-type]
     for h in report.hosts:
         a = h.analysis
         p1 = next((r.freed_bytes for r in a.savings if r.action.startswith("Phase 1")), 0)
@@ -584,13 +586,16 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
         )
     for u in report.unreachable:
         fleet.add_row(u.host, "[red]unreachable[/]", "", "", "", "", "", "[red]UNREACHABLE[/]")
-    console.print(fleet)
+    print_table(console, fleet)
     for h in report.hosts:
         a = h.analysis
         over = Table(title=f"{a.host}: oversized images", title_justify="left")
         for col in ("image", "size", "budget", "priority", "used by", "frees alone", "candidate"):
+            # Only image references (one long token) may fold; words in other cells stay whole.
             over.add_column(
-                col, justify="right" if col in ("size", "budget", "frees alone") else "left", overflow="fold"
+                col,
+                justify="right" if col in ("size", "budget", "frees alone") else "left",
+                overflow="fold" if col == "image" else "ellipsis",
             )
         for f in a.oversized:
             if f.source == "cap" and f.priority not in ("CRITICAL", "HIGH"):
@@ -604,20 +609,20 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
                 _hs(f.freed_alone),
                 "yes" if f.candidate else ("protected" if f.protected_by or f.kept_because else "no"),
             )
-        console.print(over)
+        print_table(console, over)
         svc = Table(title=f"{a.host}: service images", title_justify="left")
         for col in ("service", "current", "expected", "efficiency"):
-            svc.add_column(col, overflow="fold")
+            svc.add_column(col)
         for sv in a.services:
             svc.add_row(sv.service, _hs(sv.size), _hs(sv.expected or sv.budget), sv.efficiency)
         if a.services:
-            console.print(svc)
+            print_table(console, svc)
         sav = Table(title=f"{a.host}: expected savings", title_justify="left")
         for col in ("action", "really freed", "summed sizes", "impact"):
-            sav.add_column(col, justify="right" if "freed" in col or "summed" in col else "left", overflow="fold")
+            sav.add_column(col, justify="right" if "freed" in col or "summed" in col else "left")
         for r in a.savings:
             sav.add_row(r.action, ("~" if r.estimate else "") + _hs(r.freed_bytes), _hs(r.naive_bytes), r.impact)
-        console.print(sav)
+        print_table(console, sav)
         d = a.dangling
         console.print(
             f"dangling: {d.count} images, frees {_hs(d.freed_bytes)} (summed {_hs(d.naive_bytes)}), "
@@ -629,7 +634,7 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
     if report.builds:
         builds = Table(title="Build-context doctor", title_justify="left")
         for col in ("service", "context", "problems"):
-            builds.add_column(col, overflow="fold")
+            builds.add_column(col)
         for b in report.builds:
             problems = (
                 "; ".join(
@@ -640,7 +645,7 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
                 or "[green]ok[/]"
             )
             builds.add_row(b.service, f"{_hs(b.context_bytes)} / {b.context_files} files", problems)
-        console.print(builds)
+        print_table(console, builds)
 
 
 # --- HTML ------------------------------------------------------------------------------------------------
@@ -658,7 +663,16 @@ th{background:#f0f4f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 margin:.3rem .5rem .3rem 0;min-width:11rem}.card b{display:block;font-size:1.3rem}
 pre{background:#f0f4f8;padding:.6rem;border-radius:6px;white-space:pre-wrap}.muted{color:#627d98;font-size:.85rem}
 svg text{font-family:inherit;font-size:12px}
+.badge{display:inline-block;padding:.05rem .5rem;border-radius:999px;font-size:.8rem;font-weight:600;
+line-height:1.5;color:#fff;white-space:nowrap;vertical-align:baseline}
+.badge::before{content:"";display:inline-block;width:.5em;height:.5em;margin-right:.35em;border-radius:50%;
+background:#fff;vertical-align:.05em}
+.badge.CRITICAL,.badge.fail,.badge.UNREACHABLE{background:#b42318}.badge.WARNING,.badge.warn{background:#b54708}
+.badge.OK,.badge.ok{background:#067647}.badge.missing{background:#627d98}
 """
+# Status is drawn with the page's own markup (a coloured badge with a word), never an emoji: a browser without
+# an emoji font shows those as empty boxes (issue 9 #7).
+_STATUS_WORDS = {"CRITICAL": "critical issues identified", "WARNING": "issues identified", "OK": "no issues"}
 _COLORS = {"images": "#3e7cb1", "build_cache": "#f0a202", "volumes": "#7c9885", "budget": "#b42318"}
 
 
@@ -668,6 +682,17 @@ def _severity_class(severity: str) -> str:
 
 def _e(x: object) -> str:
     return html.escape(str(x))
+
+
+def _badge(kind: str, text: str) -> str:
+    """Return a coloured status badge (CSS only) of ``kind`` (CRITICAL/WARNING/OK/UNREACHABLE/fail/warn/ok/missing)."""
+    return f"<span class='badge {_e(kind)}'>{_e(text)}</span>"
+
+
+def _efficiency_badge(sv: ServiceImage) -> str:
+    """Return a service image's verdict as a badge plus its words ("30x oversized"), without the emoji."""
+    words = sv.efficiency.removeprefix(sv.symbol).strip()
+    return f"{_badge(sv.verdict, sv.verdict.upper())} {_e(words)}"
 
 
 def _svg_storage(report: AnalyzeReport) -> str:
@@ -736,7 +761,7 @@ def _svg_budgets(h: HostReport) -> str:
     low = max(1.0, min(min(r[1] for r in rows), min(r[2] for r in rows)) / 4)
     high = max(max(r[1] for r in rows), max(r[2] for r in rows)) * 1.2
     span = math.log10(high) - math.log10(low) or 1.0
-    plot_w = width - label_w - 80
+    plot_w = width - label_w - 130  # room for the size label after the longest bar ("70.7GB (235.7x)")
 
     def pos(v: float) -> float:
         return label_w + (math.log10(max(v, low)) - math.log10(low)) / span * plot_w
@@ -788,7 +813,7 @@ def to_html(report: AnalyzeReport) -> str:
         f"<p class='muted'>Generated {_e(report.generated_at.strftime('%Y-%m-%d %H:%M:%S UTC'))} from live "
         "engines "
         f"· {s.hosts} host(s) · pattern <code>{_e(report.pattern)}</code> · "
-        f"<span class='{report.status}'>{_e(_STATUS_LINE[report.status])}</span></p>",
+        f"{_badge(report.status, report.status)} {_e(_STATUS_WORDS[report.status])}</p>",
         "<h2>Executive summary</h2><div>",
     ]
     cards = [
@@ -820,14 +845,14 @@ def to_html(report: AnalyzeReport) -> str:
                 str(a.dangling.count),
                 _hs(p1),
                 _e(change),
-                f"<span class='{h.status}'>{h.status}</span>",
+                _badge(h.status, h.status),
             ]
         )
     for u in report.unreachable:
         rows.append(
             [
                 _e(u.host),
-                f"<span class='UNREACHABLE'>unreachable: {_e(u.reason)}</span>",
+                f"{_badge('UNREACHABLE', 'unreachable')} {_e(u.reason)}",
                 "",
                 "",
                 "",
@@ -854,7 +879,7 @@ def to_html(report: AnalyzeReport) -> str:
     )
     for h in report.hosts:
         a = h.analysis
-        out.append(f"<h2>Host {_e(a.host)} <span class='{h.status}'>{h.status}</span></h2>")
+        out.append(f"<h2>Host {_e(a.host)} {_badge(h.status, h.status)}</h2>")
         out.append(
             f"<p class='muted'>Docker {_e(a.engine.server_version)} · API {_e(a.engine.api_version)} · "
             f"{_e(a.engine.storage_driver)} / {_e(a.engine.image_store)} · data root "
@@ -893,7 +918,10 @@ def to_html(report: AnalyzeReport) -> str:
         out.append(
             _html_table(
                 ["Service", "Current size", "Expected size", "Efficiency"],
-                [[_e(sv.service), _hs(sv.size), _hs(sv.expected or sv.budget), _e(sv.efficiency)] for sv in a.services],
+                [
+                    [_e(sv.service), _hs(sv.size), _hs(sv.expected or sv.budget), _efficiency_badge(sv)]
+                    for sv in a.services
+                ],
                 {1, 2},
             )
         )
@@ -937,7 +965,7 @@ def to_html(report: AnalyzeReport) -> str:
                         for f in b.findings
                         if f.severity != "info"
                     )
-                    or "<span class='OK'>ok</span>",
+                    or _badge("ok", "ok"),
                 ]
                 for b in report.builds
             ],

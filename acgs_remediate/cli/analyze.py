@@ -14,7 +14,17 @@ from rich.markup import escape
 
 from ..errors import EXIT_OK, EXIT_PARTIAL, UsageError
 from . import app
-from .common import ForksOpt, HostsOpt, InventoryOpt, OutputFileOpt, StateOpt, err, out, state_path
+from .common import (
+    ForksOpt,
+    HostsOpt,
+    InventoryOpt,
+    OutputFileOpt,
+    StateOpt,
+    check_output_path,
+    err,
+    out,
+    state_path,
+)
 
 
 class AnalyzeFormat(StrEnum):
@@ -90,6 +100,8 @@ def analyze(
     from ..state import StateStore
 
     kind = output_format(fmt, output)
+    if output is not None:
+        check_output_path(output, "-o")
     fleet = load_fleet(inventory, hosts)
     # Every policy is validated before any engine is asked: a bad policy is exit 2, nothing read.
     policies = {h.name: fleet.policy(h) for h in fleet.hosts}

@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+
+from ..errors import UsageError
+from ..tables import console, print_table  # noqa: F401 - print_table is for the commands
 
 STATE_ENV = "ACGS_REMEDIATE_STATE"
 
-# Human output goes to stderr whenever stdout carries JSON, so the two never mix.
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Human output goes to stderr whenever stdout carries JSON, so the two never mix. Without a terminal (a CI
+# log) they are $COLUMNS or tables.WIDE wide, not rich's 80 columns that break words inside table cells.
+out = console()
+err = console(stderr=True)
 
 
 class OutputFormat(str, Enum):
@@ -70,6 +73,24 @@ def state_path(option: Path | None) -> Path:
         return Path(os.environ[STATE_ENV]).expanduser()
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     return base / "acgs-remediate" / "state.db"
+
+
+def check_output_path(path: Path, option: str) -> None:
+    """Raise UsageError unless a file could be written at ``path`` (checked before any work; creates nothing).
+
+    The file's nearest existing ancestor must be a writable directory, and ``path`` itself, if it exists, a
+    file: a report written after minutes of work must not be the step that fails.
+    """
+    hint = f"pass {option} with a writable file path"
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory, not a file", hint=hint)
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {path}: {parent} is not a directory", hint=hint)
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied", hint=hint)
 
 
 def print_json(data: Any) -> None:

@@ -36,6 +36,7 @@ from .common import (
     err,
     out,
     print_json,
+    print_table,
     state_path,
 )
 
@@ -112,7 +113,7 @@ def _show_plans(planned: Planned, fmt: OutputFormat) -> None:
         err.print(f"[bold]applying the saved plan {escape(str(planned.saved_plan))}[/] (its facts still hold)")
     for p in ordered:
         for table in planned.spec.plan_tables(p):
-            err.print(table)
+            print_table(err, table)
         for note in p.notes:
             err.print(f"  [dim]note:[/] {escape(note)}")
     for u in planned.unreachable:
@@ -277,7 +278,7 @@ def _emit_summary(spec: PhaseSpec[Any], report: RunReport, fmt: OutputFormat) ->
         lines += [f"| {u.host} | unreachable | - | " + "- | " * len(extra) + "- | - |" for u in report.unreachable]
         out.print("\n".join(lines), markup=False)
         return
-    out.print(t)
+    print_table(out, t)
 
 
 def run_phase_command(
@@ -435,7 +436,7 @@ def status_cmd(
             h,
             *[_styled(ph[p].status, cell(ph[p])) if p in ph else "-" for p in phases],
         )
-    out.print(t)
+    print_table(out, t)
     for e in entries:
         out.print(
             f"  {e.finished_at:%Y-%m-%d %H:%M:%S} {e.host} {e.phase} {e.status} {e.run_id or ''} "

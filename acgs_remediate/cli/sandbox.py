@@ -13,7 +13,7 @@ from rich.table import Table
 from ..sandbox import Sandbox, SandboxStatus, purge_golden_cache
 from ..sandbox_paths import default_sandbox_dir
 from . import app
-from .common import OutputFormat, err, out, print_json
+from .common import OutputFormat, err, out, print_json, print_table
 
 sandbox_app = typer.Typer(
     name="sandbox",
@@ -100,7 +100,7 @@ def up(
         st = sb.up(
             hosts, None if scenario == "none" else scenario, log=progress, registry=registry, transport=transport
         )
-    err.print(_table(st))
+    print_table(err, _table(st))
     if st.registry:
         err.print(f"registry: {st.registry} (acgs_policy.registry in the inventory's group_vars)")
     err.print(f"inventory: {sb.inventory_path}")
@@ -132,7 +132,7 @@ def status(
                 f"| {h.images} | {h.containers} |"
             )
     else:
-        out.print(_table(st))
+        print_table(out, _table(st))
     if not st.exists:
         raise typer.Exit(1)
     if not st.up:

@@ -20,9 +20,11 @@ from .common import (
     InventoryOpt,
     OutputFormat,
     StateOpt,
+    check_output_path,
     err,
     out,
     print_json,
+    print_table,
     state_path,
 )
 
@@ -54,6 +56,8 @@ def verify(
     from ..inventory import load_fleet
     from ..junit import write_junit
 
+    if junit is not None:
+        check_output_path(junit, "--junit")
     fleet = load_fleet(inventory, hosts)
     # Validate every host's policy before touching any engine: a bad policy is a usage error (exit 2).
     policies = {h.name: fleet.policy(h) for h in fleet.hosts}
@@ -152,7 +156,7 @@ def _table(title: str, results: Sequence[CriterionResult]) -> Table:
     table.add_column("measured")
     table.add_column("threshold")
     table.add_column("verdict")
-    table.add_column("cause", overflow="fold")
+    table.add_column("cause")
     for r in results:
         table.add_row(
             escape(r.title),
@@ -175,9 +179,9 @@ def _print_tables(
         if host in down:
             out.print(f"[bold red]{escape(host)}: unreachable[/] — {escape(down[host])}")
             continue
-        out.print(_table(f"{host}", results))
+        print_table(out, _table(f"{host}", results))
     if len(per_host) > 1 or down:
-        out.print(_table(f"fleet ({len(per_host)} hosts)", fleet_results))
+        print_table(out, _table(f"fleet ({len(per_host)} hosts)", fleet_results))
     word = {
         Status.passed: "all criteria pass",
         Status.failed: "criteria FAIL",

@@ -296,13 +296,14 @@ def test_shell_metacharacters_in_image_references_are_inert(sandbox: Sandbox, tm
     data["acgs_policy"]["protected_patterns"] = ["$(touch /tmp/x)", "postgres:*"]
     gv.write_text(yaml.safe_dump(data))
     inv = str(inv_dir / "inventory.yml")
-    plans = as_json(run_cli("plan", "phase1", "-i", inv, "--format", "json"))["plans"]
-    for p in plans:
-        oversized = [a for a in p["actions"] if a.get("category") == "oversized"]
-        assert oversized == []  # none of those strings names an image: nothing but dangling images planned
-        assert any(ref in " ".join(p["notes"]) for ref in evil)
     before = {h: image_ids(sandbox, h) for h in sandbox.hosts()}
-    # The playbook standalone, in check mode, with the same policy: the references go to the API as data.
+    # The CLI refuses them when the policy loads: none is a Docker image reference (exit 2, nothing run).
+    proc = run_cli("plan", "phase1", "-i", inv, "--format", "json")
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert "acgs_policy.oversized_images.0.ref: 'x:latest; touch" in proc.stderr
+    assert "is not a valid image reference: ';' is not allowed" in proc.stderr
+    # The playbook standalone, in check mode, with the same policy: its module validates the policy with the
+    # same model and refuses it too; nothing is executed, nothing removed.
     proc = subprocess.run(
         [
             str(Path(sys.executable).parent / "ansible-playbook"),
@@ -317,7 +318,7 @@ def test_shell_metacharacters_in_image_references_are_inert(sandbox: Sandbox, tm
         check=False,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert proc.returncode != 0 and "is not a valid image reference" in proc.stdout, proc.stdout[-3000:]
     assert not canary.exists() and not Path("/tmp/x").exists()
     assert {h: image_ids(sandbox, h) for h in sandbox.hosts()} == before
 

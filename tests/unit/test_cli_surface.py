@@ -118,3 +118,21 @@ def test_unknown_host_pattern_gives_exit_2(path, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "matches no host" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["analyze", "--format", "yaml"], "'yaml' is not one of"),
+        (["phase1", "--forks", "0"], "Invalid value for '--forks'"),
+        (["plan"], "Missing argument"),
+        (["phase9"], "No such command 'phase9'"),
+    ],
+)
+def test_click_usage_errors_read_like_ours(args, says):
+    """One error line and one hint line, as for every other bad input, not click's usage block and frame."""
+    result = run_cli(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and says in lines[0], result.stderr
+    assert lines[1].startswith("hint: see 'acgs-remediate") and lines[1].endswith("--help'")

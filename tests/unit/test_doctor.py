@@ -206,3 +206,37 @@ def test_sources_root_is_relative_to_the_inventory_dir(tmp_path: Path) -> None:
     policy = Policy(sources_root="src", services=[{"name": "pgc", "image": "p:1", "context": "services/pgc"}])
     result = doctor.check_services(policy, base=tmp_path / "inv")[0]
     assert result.dockerfile_found and result.ok
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "why"),
+    [
+        ("FORM python:3.11\nRUN echo\n", 1, "unknown instruction: FORM"),
+        ("RUN make\nFROM base\n", 1, "no build stage"),
+        ("FROM base\nCOPY\n", 2, "COPY requires at least one argument"),
+        ("FROM base app\n", 1, "FROM requires either one or three arguments"),
+        ("# nothing here yet\n", 1, "holds no instruction"),
+        ("{not: a dockerfile}\n", 1, "unknown instruction"),
+    ],
+)
+def test_a_dockerfile_that_docker_would_not_parse_is_named_with_its_line(text, line, why):
+    from acgs_remediate.doctor import dockerfile_syntax_error
+
+    problem = dockerfile_syntax_error(text)
+    assert problem is not None and problem[0] == line and why in problem[1]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ARG V=1\nFROM base:$V AS build\nRUN make \\\n# a comment inside\n  all\nFROM build\n",
+        "# escape=`\nFROM base\nRUN a `\n  b\n",
+        "FROM --platform=linux/amd64 base AS b\nCOPY <<EOF /etc/x\nnot an instruction\nEOF\n"
+        "RUN <<-END\n\tstill not\n\tEND\n",
+        "from base\nrun make\nonbuild run make\n",
+    ],
+)
+def test_dockerfiles_docker_parses_are_accepted(text):
+    from acgs_remediate.doctor import dockerfile_syntax_error
+
+    assert dockerfile_syntax_error(text) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -107,6 +108,17 @@ def test_html_is_self_contained_with_both_charts(tmp_path: Path) -> None:
     assert set(re.findall(r"https?://[^\s\"']+", page)) <= {"http://www.w3.org/2000/svg"}
     assert "Storage by category per host" in page and "rocm/pytorch:latest" in page
     assert "<script" not in page
+
+
+def test_html_draws_status_with_its_own_markup_not_emoji(tmp_path: Path) -> None:
+    """Without an emoji font, emoji show as empty boxes: status is a CSS badge with a word instead."""
+    page = report.to_html(_report(tmp_path))
+    symbols = sorted({ch for ch in page if unicodedata.category(ch) == "So" or ch == "\ufe0f"})
+    assert not symbols, f"pictographs in the HTML report: {symbols}"
+    assert "<span class='badge CRITICAL'>CRITICAL</span> critical issues identified" in page
+    assert "<span class='badge fail'>FAIL</span> 30x oversized" in page
+    assert "<span class='badge ok'>OK</span> Acceptable" in page
+    assert ".badge.fail" in page  # drawn by the page's own stylesheet
 
 
 def test_later_reports_show_the_change_against_the_baseline(tmp_path: Path) -> None:
