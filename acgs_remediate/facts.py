@@ -591,10 +591,7 @@ def _arrivals(
     until = int(now.timestamp()) + 1
     try:
         filters = {"type": ["image"]}
-        if isinstance(api, LeanEngineAPI):
-            events: Any = api.events(until - _EVENTS_WINDOW, until, filters)
-        else:
-            events = api.events(since=until - _EVENTS_WINDOW, until=until, filters=filters, decode=True)
+        events = api.events(until - _EVENTS_WINDOW, until, filters)
         found = _event_arrivals(list(events), [i for i in images if i["Id"] in missing])
     except Exception:  # one piece of evidence: without it the ledger decides, or the image counts as fresh
         found = {}

@@ -310,7 +310,7 @@ def test_arrival_evidence_from_a_real_engine_imagedb_then_events(
     engine_sandbox: Sandbox, engine: docker.DockerClient
 ) -> None:
     """The engine's image store dates a loaded image to its load; without it, the engine's events do."""
-    from acgs_remediate.facts import LeanEngineAPI, _arrivals, collect
+    from acgs_remediate.facts import _arrivals, collect, engine_api
     from acgs_remediate.inventory import Host
 
     before = datetime.now(UTC)
@@ -323,12 +323,9 @@ def test_arrival_evidence_from_a_real_engine_imagedb_then_events(
     assert before.timestamp() - 1 <= img.arrived_at.timestamp() <= after.timestamp() + 1  # type: ignore[union-attr]
 
     # As for an engine whose data root this machine cannot see (tcp:// or ssh://): the next evidence.
-    api = LeanEngineAPI(host, 30)
-    try:
+    with engine_api(host, 30) as api:
         found = _arrivals(api, api.images(), snapshot.engine, "tcp://remote:2376", datetime.now(UTC),
                           api.inspect_image)
-    finally:
-        api.close()
     when, source = found[img.id]
     assert source == "events"  # a load leaves LastTagTime zero
     assert before.timestamp() - 1 <= when.timestamp() <= after.timestamp() + 1
