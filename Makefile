@@ -24,11 +24,13 @@ help:
 setup: system-deps venv
 
 # The Docker engine (docker.io gives dockerd 20.10), busybox-static and Debian's python3.11 for the
-# sandbox scenario's locally made base images (no registry is reachable).
+# sandbox scenario's locally made base images (no registry is reachable), and Debian's docker-registry:
+# the sandbox runs its own registry on a 127.x address for phase 2 to ship images through.
 system-deps:
 	@missing=""; \
 	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
 	dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
+	command -v docker-registry >/dev/null 2>&1 || missing="$$missing docker-registry"; \
 	[ -x /usr/bin/python3.11 ] || missing="$$missing python3.11"; \
 	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
 	if [ -n "$$missing" ]; then \

@@ -44,6 +44,52 @@ class ServicePolicy(_Strict):
     expected_size: Bytes | None = None  # the report's "Expected Size" column
     budget: Bytes | None = None  # per-service cap; defaults to policy.size_cap
     compose_service: str | None = None  # name in the compose file, when it differs from name
+    # Phase 2. A hand-written optimized Dockerfile (relative to the context): built and gated as is,
+    # instead of the one phase 2 generates from ``dockerfile``.
+    optimized_dockerfile: str | None = None
+    # The final stage's base for this service, when it differs from build.runtime_base (e.g. a service
+    # that needs the full standard library where the others run on a trimmed runtime).
+    runtime_base: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)  # where the service answers its health endpoint
+    # The health endpoint the image's HEALTHCHECK asks, ${VAR} expanded in the container at check time;
+    # default http://127.0.0.1:<port>/health.
+    health_url: str | None = None
+    # Environment the service runs with (what its compose file sets); the smoke test starts the image with
+    # it. "{address}" and "{port}" are replaced by the smoke test's 127.x address and the service's port.
+    env: dict[str, str] = Field(default_factory=dict)
+    # Directories the service writes to at run time: created in the image, owned by build.user.
+    writable_paths: list[str] = Field(default_factory=list)
+
+    def health_url_template(self) -> str | None:
+        """Return the health URL the image's HEALTHCHECK asks, or None when the service has no port or URL."""
+        if self.health_url:
+            return self.health_url
+        return f"http://127.0.0.1:{self.port}/health" if self.port else None
+
+
+class HealthcheckPolicy(_Strict):
+    """The HEALTHCHECK timing written into generated Dockerfiles (seconds)."""
+
+    interval: Seconds = 30.0
+    timeout: Seconds = 5.0
+    start_period: Seconds = 10.0
+    retries: int = Field(3, ge=1)
+
+
+class BuildPolicy(_Strict):
+    """How phase 2 builds optimized images: bases, wheelhouse, user, health check, dev-file rules."""
+
+    builder_base: str = "python:3.11-slim"  # where dependencies are installed (needs pip)
+    runtime_base: str = "python:3.11-slim"  # the small final stage
+    pip: str = "pip"  # the pip command in the builder base
+    # An image holding a wheelhouse (pip download): builds install with --no-index --find-links from
+    # these directories of it. None: pip reaches the index.
+    wheelhouse_image: str | None = None
+    wheelhouse_dirs: list[str] = Field(default_factory=lambda: ["/wheels"])
+    user: str = "10001:10001"  # the non-root user the final image runs as
+    healthcheck: HealthcheckPolicy = Field(default_factory=HealthcheckPolicy)
+    # A file of the context at least this big that the service's code never names is left out of it.
+    big_file: Bytes = 1_000_000
 
 
 class Criteria(_Strict):
@@ -52,6 +98,15 @@ class Criteria(_Strict):
     storage_reduction_pct: float = Field(90.0, gt=0, le=100)
     max_dangling: int = Field(0, ge=0)
     build_time_max: Seconds = 300.0
+
+
+class BuildPolicy(_Strict):
+    """How phase 2 builds: on which engine, and how the image that passed its gates is tagged."""
+
+    # The inventory host whose engine builds every service (once per distinct source); None: the first host.
+    builder: str | None = None
+    # Build arguments given to every service's build (``--build-arg``); part of the source hash.
+    args: dict[str, str] = Field(default_factory=dict)
 
 
 class Policy(_Strict):
@@ -69,7 +124,12 @@ class Policy(_Strict):
     services: list[ServicePolicy] = Field(default_factory=list)
     sources_root: str = "."
     wheelhouse: str | None = None
+    build: BuildPolicy = Field(default_factory=BuildPolicy)
     criteria: Criteria = Field(default_factory=Criteria)
+    # Where phase 2 pushes built images for the other hosts to pull ("host:port/namespace"); None ships
+    # them engine to engine (export from the builder, load into each host).
+    registry: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$")
+    build: BuildPolicy = Field(default_factory=BuildPolicy)
 
     @model_validator(mode="after")
     def _unique_services(self) -> Policy:

@@ -222,9 +222,13 @@ class BuildContext:
         return (self.root / rel).exists() and is_ignored(rel, self.patterns)
 
 
-def read_context(root: Path) -> BuildContext:
-    """Return the included paths and file sizes of the context at ``root``."""
-    ignore_file = root / ".dockerignore"
+def read_context(root: Path, ignore_file: Path | None = None) -> BuildContext:
+    """Return the included paths and file sizes of the context at ``root``.
+
+    ``ignore_file`` replaces ``root/.dockerignore`` (BuildKit reads ``<Dockerfile>.dockerignore`` instead when
+    it exists).
+    """
+    ignore_file = ignore_file or root / ".dockerignore"
     patterns = parse_dockerignore(ignore_file.read_text(errors="replace")) if ignore_file.is_file() else []
     has_exceptions = any(p.exclusion for p in patterns)
     paths: set[str] = set()

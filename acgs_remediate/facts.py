@@ -524,9 +524,6 @@ class LeanEngineAPI:
     def info(self) -> dict[str, Any]:
         return self._get("/info")
 
-    def images(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the SDK's name
-        return self._get("/images/json", {"only_ids": "0", "all": "1" if all else "0"})
-
     def df(self) -> dict[str, Any]:
         return self._get("/system/df")
 
@@ -541,6 +538,139 @@ class LeanEngineAPI:
 
     def history(self, ident: str) -> list[dict[str, Any]]:
         return self._get(f"/images/{urllib.parse.quote(ident)}/history")
+
+    # -- Image transfer and tagging (phase 2 ships built images; acgs_remediate.builds). Same names and answers
+    # as docker.APIClient's, so builds works with this client on unix:// and with the SDK elsewhere. Each of
+    # these uses its own connection: their bodies stream and must not share a kept-alive one.
+
+    def _stream(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: Iterable[bytes] | bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send one request on a new connection; return it and its (unread) response. Raise EngineHTTPError."""
+        if not self.api_version:
+            self.version()
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        conn = self._factory()
+        conn.timeout = self.timeout if timeout is None else timeout
+        try:
+            # An iterable body without a length goes out chunked (http.client): nothing is buffered whole.
+            conn.request(method, f"{self._prefix}{path}{query}", body=body, headers=headers or {})
+            resp = conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
+        if resp.status >= 400:
+            raw = resp.read()
+            conn.close()
+            try:
+                message = str(json.loads(raw).get("message") or "")
+            except (ValueError, AttributeError):
+                message = raw.decode(errors="replace").strip()
+            raise EngineHTTPError(resp.status, message or resp.reason)
+        return conn, resp
+
+    def _json_lines(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> Iterator[Any]:
+        """Yield the decoded JSON messages of a progress stream (push, pull, load), then close."""
+        try:
+            buffer = b""
+            while True:
+                chunk = resp.read1(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+            if buffer.strip():
+                yield json.loads(buffer)
+        finally:
+            conn.close()
+
+    def images(  # noqa: A002 - the SDK's names
+        self, name: str | None = None, quiet: bool = False, all: bool = False, filters: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        params = {"only_ids": "0", "all": "1" if all else "0"}
+        if filters:
+            params["filters"] = json.dumps({k: v if isinstance(v, list) else [v] for k, v in filters.items()})
+        if name:
+            params["filter"] = name
+        return self._get("/images/json", params)
+
+    def tag(self, image: str, repository: str, tag: str | None = None, force: bool = False) -> bool:
+        params = {"repo": repository, "tag": tag or "latest"}
+        conn, resp = self._stream("POST", f"/images/{urllib.parse.quote(image)}/tag", params)
+        resp.read()
+        conn.close()
+        return resp.status == 201
+
+    def remove_image(self, image: str, force: bool = False, noprune: bool = False) -> list[dict[str, Any]]:
+        params = {"force": "1" if force else "0", "noprune": "1" if noprune else "0"}
+        conn, resp = self._stream("DELETE", f"/images/{urllib.parse.quote(image)}", params)
+        raw = resp.read()
+        conn.close()
+        return json.loads(raw) if raw else []
+
+    def push(
+        self,
+        repository: str,
+        tag: str | None = None,
+        stream: bool = False,
+        auth_config: Any = None,
+        decode: bool = False,
+    ) -> Iterator[Any]:
+        # The engine wants an X-Registry-Auth header even for a registry without auth.
+        headers = {"X-Registry-Auth": "e30="}  # base64("{}")
+        conn, resp = self._stream(
+            "POST", f"/images/{urllib.parse.quote(repository)}/push", {"tag": tag or "latest"}, headers=headers
+        )
+        return self._json_lines(conn, resp)
+
+    def pull(
+        self,
+        repository: str,
+        tag: str | None = None,
+        stream: bool = False,
+        auth_config: Any = None,
+        decode: bool = False,
+    ) -> Iterator[Any]:
+        if tag is None and "@" in repository:
+            repository, tag = repository.split("@", 1)
+        headers = {"X-Registry-Auth": "e30="}
+        conn, resp = self._stream(
+            "POST", "/images/create", {"fromImage": repository, "tag": tag or "latest"}, headers=headers
+        )
+        return self._json_lines(conn, resp)
+
+    def get_image(self, image: str, chunk_size: int = 2 * 1024 * 1024) -> Iterator[bytes]:
+        """Yield the image's archive (what `docker save` writes) in chunks, straight off the socket."""
+        conn, resp = self._stream("GET", f"/images/{urllib.parse.quote(image)}/get")
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                while True:
+                    chunk = resp.read(chunk_size)
+                    if not chunk:
+                        return
+                    yield chunk
+            finally:
+                conn.close()
+
+        return chunks()
+
+    def load_image(self, data: Iterable[bytes] | bytes, quiet: bool | None = None) -> Iterator[Any]:
+        """Send an image archive to POST /images/load (chunked when ``data`` is an iterable); yield its messages."""
+        params = {"quiet": "1" if quiet else "0"}
+        conn, resp = self._stream(
+            "POST", "/images/load", params, body=data, headers={"Content-Type": "application/x-tar"}
+        )
+        return self._json_lines(conn, resp)
 
     def close(self) -> None:
         """Close the kept-alive connections."""
@@ -567,6 +697,15 @@ def disk_usage(host: Host, timeout: float | None = None) -> dict[str, Any]:
     """Return the engine's /system/df answer (one call; what a run measures its bytes freed with)."""
     with _engine_api(host, float(timeout if timeout is not None else host.timeout or 60.0)) as api:
         return _retry(api.df)
+
+
+def engine_api(host: Host, timeout: float | None = None) -> contextlib.AbstractContextManager[Any]:
+    """Return a context manager yielding ``host``'s Engine API client (lean on unix://, the docker SDK's else).
+
+    Both answer with docker.APIClient's method names and shapes (phase 2's builds use them to tag, push, pull,
+    export and load images).
+    """
+    return _engine_api(host, float(timeout if timeout is not None else host.timeout or 60.0))
 
 
 @contextlib.contextmanager

@@ -182,14 +182,30 @@ class Baseline(_Fact):
     per_image: dict[str, int] = Field(default_factory=dict)  # display name -> size
 
 
+class GateVerdict(_Fact):
+    """One phase-2 gate's verdict on a built image (size cap, smoke test, dev-tool scan, ...)."""
+
+    name: str
+    passed: bool
+    detail: str = ""
+
+
 class BuildRecord(_Fact):
-    """One service build (written by phase 2): success criteria 2 and 5 read these."""
+    """One service build as one host received it (written by phase 2): success criteria 2, 3 and 5 read these."""
 
     host: str
     service: str
-    image: str
-    ok: bool
-    seconds: float
-    size: int | None = None
+    image: str  # the service's release reference (repository:tag)
+    ok: bool  # the build succeeded
+    seconds: float  # the build's wall time (the one build of this source, on the builder)
+    size: int | None = None  # bytes of the built image ("after")
     finished_at: datetime
     error: str | None = None
+    image_id: str | None = None  # sha256:... — the same on every host
+    digest: str | None = None  # registry manifest digest (sha256:...) when shipped through a registry
+    source_hash: str | None = None  # what was built (builds.source_hash)
+    size_before: int | None = None  # bytes of the image the release tag named on this host before
+    builder: str | None = None  # the host whose engine built it
+    shipped_via: Literal["present", "registry", "engine"] | None = None
+    gates: list[GateVerdict] = Field(default_factory=list)
+    released: bool = False  # the release tag names this image on this host (every gate passed)

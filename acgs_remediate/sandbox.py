@@ -102,6 +102,10 @@ class SandboxStatus:
     content_hash: str | None = None
     created: str | None = None
     hosts: list[EngineStatus] = field(default_factory=list)
+    # The sandbox's registry ("127.0.55.1:5000"), None when it runs without one (--no-registry).
+    registry: str | None = None
+    registry_pid: int | None = None
+    registry_running: bool = False
 
     @property
     def exists(self) -> bool:
@@ -110,8 +114,9 @@ class SandboxStatus:
 
     @property
     def up(self) -> bool:
-        """Return whether every recorded engine answers."""
-        return bool(self.hosts) and all(h.running for h in self.hosts)
+        """Return whether every recorded engine answers, and the registry too when there is one."""
+        engines = bool(self.hosts) and all(h.running for h in self.hosts)
+        return engines and (self.registry is None or self.registry_running)
 
     @property
     def inventory_path(self) -> Path:
@@ -127,6 +132,8 @@ class SandboxStatus:
             "content_hash": self.content_hash,
             "created": self.created,
             "inventory": str(self.inventory_path) if self.exists else None,
+            "registry": self.registry,
+            "registry_running": self.registry_running,
             "hosts": [asdict(h) for h in self.hosts],
         }
 
@@ -468,6 +475,135 @@ def _ensure_running(sock: Path, ids: Iterable[str]) -> None:
             raise EngineError(f"starting container {cid[:12]} on {sock} failed: HTTP {code} {resp}")
 
 
+# --------------------------------------------------------------------------------------------- registry
+
+REGISTRY_PORT = 5000
+# Images phase 2 pushes go under this namespace of the sandbox registry (acgs_policy.registry).
+REGISTRY_NAMESPACE = "acgs"
+
+
+@dataclass(frozen=True)
+class _Registry:
+    """The sandbox's image registry: Debian's docker-registry (distribution 2.x), one process, own storage."""
+
+    base: Path  # D/registry
+    address: str  # 127.0.55.<slot+1>:5000 — a 127.x address, which engines treat as an insecure registry
+
+    @property
+    def config(self) -> Path:
+        return self.base / "config.yml"
+
+    @property
+    def storage(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def logfile(self) -> Path:
+        return self.base / "registry.log"
+
+    def config_text(self) -> str:
+        return yaml.safe_dump(
+            {
+                "version": 0.1,
+                "log": {"level": "warn", "fields": {"service": "registry"}},
+                "storage": {
+                    "filesystem": {"rootdirectory": str(self.storage)},
+                    "delete": {"enabled": True},
+                    "maintenance": {"uploadpurging": {"enabled": False}},
+                },
+                "http": {"addr": self.address, "headers": {"X-Content-Type-Options": ["nosniff"]}},
+            },
+            sort_keys=False,
+        )
+
+
+def registry_address(slot: int) -> str:
+    """Return where the registry of sandbox ``slot`` listens: 127.0.55.<slot+1>:5000 (distinct per sandbox)."""
+    return f"127.0.55.{slot + 1}:{REGISTRY_PORT}"
+
+
+def _registry_ping(address: str, timeout: float = 2.0) -> bool:
+    """Return whether a registry answers GET /v2/ at ``address`` (host:port) with 200."""
+    host, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", "/v2/")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def _registry_pids(reg: _Registry, recorded: int | None) -> list[int]:
+    """Return the live PIDs running this registry: the recorded one, if it is still ours, and any other."""
+    found = []
+    marker = str(reg.config)
+    candidates = {recorded} if recorded else set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            candidates.add(int(entry.name))
+    for pid in candidates:
+        # A PID is only ours when its command line names our config file (PIDs are reused).
+        if pid and pid != os.getpid() and marker in _proc_cmdline(pid) and _pid_alive(pid):
+            found.append(pid)
+    return found
+
+
+def _start_registry(reg: _Registry, timeout: float = 30.0) -> int:
+    """Start the registry and wait until GET /v2/ answers; return its PID. Raise EngineError if it does not."""
+    program = shutil.which("docker-registry") or shutil.which("docker-registry", path="/usr/bin:/usr/sbin")
+    if not program:
+        raise EnvironmentProblem(
+            "docker-registry not found (the sandbox runs a real registry for phase 2)",
+            hint="apt-get install docker-registry (or run 'make setup'), or pass --no-registry",
+        )
+    reg.storage.mkdir(parents=True, exist_ok=True)
+    _write_atomic(reg.config, reg.config_text())
+    if _registry_ping(reg.address, timeout=1.0):
+        raise EngineError(
+            f"something already answers as a registry on {reg.address}",
+            hint="another sandbox holds this address: bring it down, or pass --no-registry",
+        )
+    with open(reg.logfile, "ab") as log:
+        proc = subprocess.Popen(
+            [program, "serve", str(reg.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            cwd="/",
+        )
+    _CHILDREN[proc.pid] = proc
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _registry_ping(reg.address, timeout=1.0):
+            return proc.pid
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    _stop_registry(reg, proc.pid)
+    tail = ""
+    with contextlib.suppress(OSError):
+        lines = [ln for ln in reg.logfile.read_text(errors="replace").splitlines() if ln.strip()]
+        tail = lines[-1][-300:] if lines else ""
+    raise EngineError(f"the sandbox registry on {reg.address} did not start: {tail}", hint=f"see {reg.logfile}")
+
+
+def _stop_registry(reg: _Registry, pid: int | None, timeout: float = 10.0) -> None:
+    """End the registry by PID (SIGTERM, then SIGKILL); only processes running our config are touched."""
+    pids = _registry_pids(reg, pid)
+    _signal(pids, signal.SIGTERM)
+    _signal(_wait_gone(pids, timeout), signal.SIGKILL)
+    _wait_gone(pids, 5.0)
+    for p in pids:
+        child = _CHILDREN.pop(p, None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=1)
+
+
 # --------------------------------------------------------------------------------------------- helpers
 
 
@@ -642,6 +778,14 @@ class Sandbox:
             self.host_name(index),
         )
 
+    def _registry(self, state: dict[str, Any] | None = None) -> _Registry | None:
+        """Return the recorded registry of this sandbox, or None when it runs without one."""
+        state = self._state() if state is None else state
+        rec = state.get("registry")
+        if not rec:
+            return None
+        return _Registry(self.directory / "registry", str(rec["address"]))
+
     def _claim_slot(self) -> int:
         """Return a slot no other live sandbox holds (ours again if we hold one); record it."""
         with _flock(SLOTS_DIR.parent / "sandbox-slots.lock"):
@@ -711,7 +855,7 @@ class Sandbox:
         if self.directory.exists() and not self.directory.is_dir():
             raise UsageError(f"{self.directory} exists and is not a directory", hint="pass another --dir")
         if self.directory.is_dir() and not self.state_path.exists():
-            ours = {STATE_FILE, "inventory.yml", "group_vars", "sources", "work"}
+            ours = {STATE_FILE, "inventory.yml", "group_vars", "sources", "work", "registry"}
             foreign = [
                 p.name
                 for p in self.directory.iterdir()
@@ -731,6 +875,12 @@ class Sandbox:
         result = SandboxStatus(
             self.directory, state.get("scenario"), state.get("content_hash"), state.get("created")
         )
+        reg = self._registry(state)
+        if reg is not None:
+            result.registry = reg.address
+            pids = _registry_pids(reg, state["registry"].get("pid"))
+            result.registry_pid = pids[0] if pids else None
+            result.registry_running = bool(pids) and (not probe or _registry_ping(reg.address))
         for i, rec in enumerate(state.get("hosts", [])):
             engine = self._engine(i)
             pid = _read_pid(engine.pidfile) or rec.get("pid")
@@ -751,8 +901,15 @@ class Sandbox:
             result.hosts.append(es)
         return result
 
-    def up(self, hosts: int, scenario: str | None = "acgs-1", log: Log = _quiet) -> SandboxStatus:
-        """Start ``hosts`` engines, write the inventory, seed ``scenario`` (None/"none": empty engines)."""
+    def up(
+        self, hosts: int, scenario: str | None = "acgs-1", log: Log = _quiet, registry: bool = True
+    ) -> SandboxStatus:
+        """Start ``hosts`` engines (and a registry unless ``registry`` is False), write the inventory, seed
+        ``scenario`` (None/"none": empty engines).
+
+        The registry is Debian's docker-registry on 127.0.55.<slot+1>:5000, storage under D/registry; the
+        inventory's ``acgs_policy.registry`` names it (``ADDRESS/acgs``) so phase 2 ships through it.
+        """
         if not 1 <= hosts <= MAX_HOSTS:
             raise UsageError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
         scen_name = None if scenario in (None, "", "none") else scenario
@@ -774,7 +931,14 @@ class Sandbox:
                     and state.get("scenario") == (scen.name if scen else None)
                     and state.get("content_hash") == content_hash
                     and state.get("state") == "up"
+                    and bool(state.get("registry")) == registry
                 )
+                if same and current.registry is not None and not current.registry_running:
+                    engines_up = bool(current.hosts) and all(h.running for h in current.hosts)
+                    if engines_up:
+                        log(f"restarting the sandbox registry on {current.registry}")
+                        self.start_registry()
+                        current = self.status()
                 if same and current.up:
                     log(
                         f"sandbox in {self.directory} is already up with {hosts} hosts "
@@ -789,7 +953,7 @@ class Sandbox:
                 log(f"replacing the sandbox in {self.directory}: {why}")
             if state or self.directory.is_dir():
                 self._teardown(log)
-            return self._create(hosts, scen_mod, scen, content_hash, log)
+            return self._create(hosts, scen_mod, scen, content_hash, log, registry)
 
     def down(self, log: Log = _quiet) -> None:
         """Stop every engine and remove the sandbox: no process, mount or cgroup is left behind."""
@@ -819,6 +983,29 @@ class Sandbox:
         state = self._state()
         state["hosts"][index]["pid"] = pid
         self._save_state(state)
+
+    def stop_registry(self) -> None:
+        """Stop the sandbox registry (a fault test: the registry down mid-run); its storage stays."""
+        state = self._state()
+        reg = self._registry(state)
+        if reg is None:
+            raise UsageError(f"the sandbox in {self.directory} runs no registry", hint="sandbox up --registry")
+        _stop_registry(reg, state["registry"].get("pid"))
+        state["registry"]["pid"] = None
+        self._save_state(state)
+
+    def start_registry(self, empty: bool = False) -> None:
+        """Start the sandbox registry again (``empty``: with no images) and wait until it answers."""
+        state = self._state()
+        reg = self._registry(state)
+        if reg is None:
+            raise UsageError(f"the sandbox in {self.directory} runs no registry", hint="sandbox up --registry")
+        if empty or not _registry_ping(reg.address):
+            _stop_registry(reg, state["registry"].get("pid"))
+            if empty:
+                shutil.rmtree(reg.storage, ignore_errors=True)
+            state["registry"]["pid"] = _start_registry(reg)
+            self._save_state(state)
 
     def reseed(self, hosts: list[str] | None = None, log: Log = _quiet) -> None:
         """Put ``hosts`` (default: all) back to the freshly seeded state: a fresh golden copy each."""
@@ -873,6 +1060,9 @@ class Sandbox:
         for index, pid in zip(indexes, pids, strict=True):
             state["hosts"][index]["pid"] = pid
         self._save_state(state)
+        if hosts is None and state.get("registry"):
+            # The whole fleet back to its seeded state: the registry too (it starts empty).
+            self.start_registry(empty=True)
 
     # ---- internals
 
@@ -895,6 +1085,12 @@ class Sandbox:
                     recorded.items(),
                 )
             )
+        reg_dir = self.directory / "registry"
+        if state.get("registry") or reg_dir.is_dir():
+            # Found by its config path even when the state file is gone (a crashed up).
+            reg = self._registry(state) or _Registry(reg_dir, "")
+            _stop_registry(reg, (state.get("registry") or {}).get("pid"))
+            log("registry stopped")
         _unmount_under(self.directory)
         left = _mounts_under(self.directory)
         if left:
@@ -904,7 +1100,7 @@ class Sandbox:
             (self.directory / name).unlink(missing_ok=True)
         with ThreadPoolExecutor(max_workers=min(8, len(bases)) or 1) as pool:
             list(pool.map(lambda base: shutil.rmtree(base, ignore_errors=True), bases))
-        for name in ("group_vars", "sources", "work"):
+        for name in ("group_vars", "sources", "work", "registry"):
             shutil.rmtree(self.directory / name, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.directory.rmdir()
@@ -993,7 +1189,7 @@ class Sandbox:
             lock.unlink(missing_ok=True)
 
     def _create(
-        self, hosts: int, scen_mod: Any, scen: Any, content_hash: str | None, log: Log
+        self, hosts: int, scen_mod: Any, scen: Any, content_hash: str | None, log: Log, registry: bool = True
     ) -> SandboxStatus:
         t0 = time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -1011,10 +1207,16 @@ class Sandbox:
                 {"name": e.name, "engine_name": e.hostname, "docker_host": e.docker_host, "pid": None}
                 for e in engines
             ],
+            "registry": {"address": registry_address(slot), "pid": None} if registry else None,
         }
         # Recorded before anything starts, so a crash mid-way is found and cleaned by the next up/down.
         self._save_state(state)
-        self._write_inventory(engines, scen_mod, scen, log)
+        reg = self._registry(state)
+        self._write_inventory(engines, scen_mod, scen, log, reg)
+        if reg is not None:
+            state["registry"]["pid"] = _start_registry(reg)
+            self._save_state(state)
+            log(f"registry answers on {reg.address} (storage {reg.storage})")
 
         golden: tuple[_Engine, list[str]] | None = None
         if scen is not None:
@@ -1059,7 +1261,9 @@ class Sandbox:
         log(f"sandbox up: {hosts} hosts in {time.monotonic() - t0:.1f} s; inventory {self.inventory_path}")
         return result
 
-    def _write_inventory(self, engines: list[_Engine], scen_mod: Any, scen: Any, log: Log) -> None:
+    def _write_inventory(
+        self, engines: list[_Engine], scen_mod: Any, scen: Any, log: Log, registry: _Registry | None = None
+    ) -> None:
         bind = getattr(scen_mod, "bind_for_hostname", None) if scen is not None else None
         hosts: dict[str, dict[str, Any]] = {}
         for i, e in enumerate(engines):
@@ -1085,6 +1289,9 @@ class Sandbox:
         else:
             self.sources_root.mkdir(parents=True, exist_ok=True)
             policy = {"sources_root": str(self.sources_root)}
+        if registry is not None:
+            # Phase 2 ships images through it (engines treat 127.0.0.0/8 as an insecure registry).
+            policy["registry"] = f"{registry.address}/{REGISTRY_NAMESPACE}"
         header = "# Written by 'acgs-remediate sandbox up'; removed by 'sandbox down'.\n"
         _write_atomic(self.inventory_path, header + yaml.safe_dump(inventory, sort_keys=False))
         gv = self.directory / "group_vars"

@@ -97,6 +97,9 @@ class ServiceSpec(_Strict):
     missing_file: str | None = None
     missing_file_template: str | None = None
     deployed: bool | Literal["stopped"]
+    # Phase 2 (policy services[]): a final-stage base other than build.runtime_base, run-time dirs.
+    runtime_base: str | None = None
+    writable_paths: list[str] = Field(default_factory=list)
 
 
 class DatabaseSpec(_Strict):
@@ -145,12 +148,24 @@ class JunkFile(_Strict):
     size: str
 
 
+class Phase2Spec(_Strict):
+    """How the sandbox's phase 2 builds: the policy's ``build`` block and the services' run-time contract."""
+
+    build: dict[str, Any] = Field(default_factory=dict)  # acgs_policy.build, as written
+    service_env: dict[str, str] = Field(default_factory=dict)  # services[].env of every service
+    health_url: str | None = None  # services[].health_url of every service with a port
+
+
 class Scenario(_Strict):
     """A validated scenario; ``directory`` is where its file lives."""
 
     name: str
     description: str
     scale: float = Field(gt=0, le=1)
+    # Added to every service-image size (current, expected, cap) after scaling: the part of a service
+    # image that does not scale (see scenario.yml).
+    service_allowance: str = "0"
+    phase2: Phase2Spec = Field(default_factory=Phase2Spec)
     report: Report
     services: list[ServiceSpec]
     database: DatabaseSpec
@@ -166,6 +181,14 @@ class Scenario(_Strict):
     def scaled(self, report_size: str | int) -> int:
         """Return ``report_size`` (e.g. "70.7GB") x scale, in bytes."""
         return round(parse_size(report_size) * self.scale)
+
+    def service_size(self, report_size: str | int) -> int:
+        """Return a service-image size of the report (current, expected, cap) in the sandbox, in bytes.
+
+        ``service_allowance + report_size x scale``: the interpreter and the installed packages of a
+        service image are real bytes that do not scale; its bloat does (scenario.yml says why).
+        """
+        return parse_size(self.service_allowance) + self.scaled(report_size)
 
     @property
     def sources_dir(self) -> Path:
@@ -295,7 +318,7 @@ def policy_vars(scenario: Scenario, sources_root: Path, wheelhouse: Path | None)
     report = scenario.report
     policy: dict[str, Any] = {
         "scale": scenario.scale,
-        "size_cap": scenario.scaled(report.size_cap),
+        "size_cap": scenario.service_size(report.size_cap),
         "oversized_images": [
             {"ref": img.ref, "priority": img.priority, "reason": img.reason} for img in report.oversized
         ],
@@ -306,17 +329,8 @@ def policy_vars(scenario: Scenario, sources_root: Path, wheelhouse: Path | None)
         "build_cache_budget": scenario.scaled(report.build_cache_budget),
         "sources_root": str(sources_root),
         "wheelhouse": str(wheelhouse) if wheelhouse is not None else None,
-        "services": [
-            {
-                "name": svc.name,
-                "image": svc.image,
-                "context": svc.context,
-                "dockerfile": svc.dockerfile,
-                "expected_size": scenario.scaled(svc.expected_size),
-                "compose_service": svc.compose_service,
-            }
-            for svc in scenario.services
-        ],
+        "build": dict(scenario.phase2.build),
+        "services": [_service_policy(scenario, svc) for svc in scenario.services],
         "criteria": {
             "storage_reduction_pct": report.criteria.storage_reduction_pct,
             "max_dangling": report.criteria.max_dangling,
@@ -325,6 +339,29 @@ def policy_vars(scenario: Scenario, sources_root: Path, wheelhouse: Path | None)
     }
     Policy.model_validate(policy)  # a scenario that yields an invalid policy is a bug here, not the user's
     return policy
+
+
+def _service_policy(scenario: Scenario, svc: ServiceSpec) -> dict[str, Any]:
+    """Return the ``services[]`` entry of ``svc``: where it is built from, what it may weigh, how it runs."""
+    entry: dict[str, Any] = {
+        "name": svc.name,
+        "image": svc.image,
+        "context": svc.context,
+        "dockerfile": svc.dockerfile,
+        "expected_size": scenario.service_size(svc.expected_size),
+        "compose_service": svc.compose_service,
+    }
+    if svc.port is not None:
+        entry["port"] = svc.port
+        if scenario.phase2.health_url:
+            entry["health_url"] = scenario.phase2.health_url
+    if scenario.phase2.service_env:
+        entry["env"] = dict(scenario.phase2.service_env)
+    if svc.runtime_base:
+        entry["runtime_base"] = svc.runtime_base
+    if svc.writable_paths:
+        entry["writable_paths"] = list(svc.writable_paths)
+    return entry
 
 
 def _junk_block() -> bytes:

@@ -78,13 +78,23 @@ def up(
         ),
     ] = "acgs-1",
     directory: DirOpt = None,
+    registry: Annotated[
+        bool,
+        typer.Option(
+            "--registry/--no-registry",
+            help="Run a real image registry (docker-registry on 127.0.55.x:5000) that phase 2 ships through; "
+            "without it, phase 2 ships images engine to engine.",
+        ),
+    ] = True,
 ) -> None:
     """Start N isolated dockerd engines, write their inventory and seed the scenario (idempotent)."""
     sb = Sandbox(_dir(directory))
     progress = _Progress()
     with progress.status:
-        st = sb.up(hosts, None if scenario == "none" else scenario, log=progress)
+        st = sb.up(hosts, None if scenario == "none" else scenario, log=progress, registry=registry)
     err.print(_table(st))
+    if st.registry:
+        err.print(f"registry: {st.registry} (acgs_policy.registry in the inventory's group_vars)")
     err.print(f"inventory: {sb.inventory_path}")
     err.print(f"try: acgs-remediate analyze -i {sb.inventory_path}")
 

@@ -50,7 +50,9 @@ def test_policy_is_the_report_policy_with_every_size_scaled(scen: sc.Scenario, t
     raw = sc.policy_vars(scen, tmp_path / "src", tmp_path / "wheels")
     policy = Policy.model_validate(raw)
     assert policy.scale == 0.05
-    assert policy.size_cap == 15_000_000  # 300MB x 0.05
+    # Service-image sizes carry the fixed allowance for what does not scale (interpreter + packages):
+    # 45MB + 300MB x 0.05 (scenario.yml, "WHAT DOES NOT SCALE").
+    assert policy.size_cap == 60_000_000
     assert policy.build_cache_budget == 250_000_000  # 5GB x 0.05
     assert [o.ref for o in policy.oversized_images] == [img.ref for img in scen.report.oversized]
     assert policy.is_protected("postgres:15-sandbox") == "postgres:*"
@@ -58,10 +60,29 @@ def test_policy_is_the_report_policy_with_every_size_scaled(scen: sc.Scenario, t
     assert policy.dangling_min_age <= 60 and policy.fresh_min_age <= 60
     assert policy.criteria.storage_reduction_pct == 90 and policy.criteria.build_time_max == 300
     expected = {s.name: s.expected_size for s in policy.services}
-    assert expected["gs"] == 10_000_000 and expected["alembic-runner"] == 5_000_000
+    assert expected["gs"] == 55_000_000 and expected["alembic-runner"] == 50_000_000  # 45MB + 200MB/100MB x 0.05
     assert policy.sources_root == str(tmp_path / "src") and policy.wheelhouse == str(tmp_path / "wheels")
-    # Every scaled service budget stays above the small python runtime the optimized images can use.
     assert all(policy.service_budget(s) == policy.size_cap for s in policy.services)
+    # Phase 2 builds offline from the wheelhouse image; the alembic runner needs the full standard library.
+    assert policy.build.wheelhouse_image == "acgs-base/wheels:py311"
+    assert policy.build.runtime_base == "acgs-base/python:3.11-slim"
+    runner = next(s for s in policy.services if s.name == "alembic-runner")
+    assert runner.runtime_base == "acgs-base/python:3.11-full" and runner.writable_paths == ["/var/lib/acgs"]
+    assert all(s.port and s.health_url_template() for s in policy.services)
+
+
+def test_service_sizes_keep_every_relation_of_the_report(scen: sc.Scenario) -> None:
+    """Cap, expected and current sizes all get the allowance: over/under the cap and expected size as reported."""
+    text = (scen.directory / "scenario.yml").read_text()
+    assert re.search(r"^service_allowance: 45MB$", text, re.M) and "service_allowance + report value x scale" in text
+    cap = scen.service_size(scen.report.size_cap)
+    for svc in scen.services:
+        current, expected = scen.service_size(svc.size), scen.service_size(svc.expected_size)
+        over_cap_in_report = parse_size(svc.size) > parse_size(scen.report.size_cap)
+        assert (current > cap) == over_cap_in_report, svc.name
+        assert current > expected and expected < cap, svc.name
+    # Third-party and dangling images are pure bloat: scale alone.
+    assert scen.scaled("70.7GB") == 3_535_000_000
 
 
 def test_every_service_context_and_dockerfile_exists(
