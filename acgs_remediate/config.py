@@ -77,8 +77,12 @@ class HealthcheckPolicy(_Strict):
 
 
 class BuildPolicy(_Strict):
-    """How phase 2 builds optimized images: bases, wheelhouse, user, health check, dev-file rules."""
+    """How phase 2 builds optimized images: where, bases, wheelhouse, user, health check, dev-file rules."""
 
+    # The inventory host whose engine builds every service (once per distinct source); None: the first host.
+    builder: str | None = None
+    # Build arguments given to every service's build (``--build-arg``); part of the source hash.
+    args: dict[str, str] = Field(default_factory=dict)
     builder_base: str = "python:3.11-slim"  # where dependencies are installed (needs pip)
     runtime_base: str = "python:3.11-slim"  # the small final stage
     pip: str = "pip"  # the pip command in the builder base
@@ -98,15 +102,6 @@ class Criteria(_Strict):
     storage_reduction_pct: float = Field(90.0, gt=0, le=100)
     max_dangling: int = Field(0, ge=0)
     build_time_max: Seconds = 300.0
-
-
-class BuildPolicy(_Strict):
-    """How phase 2 builds: on which engine, and how the image that passed its gates is tagged."""
-
-    # The inventory host whose engine builds every service (once per distinct source); None: the first host.
-    builder: str | None = None
-    # Build arguments given to every service's build (``--build-arg``); part of the source hash.
-    args: dict[str, str] = Field(default_factory=dict)
 
 
 class Policy(_Strict):
@@ -129,7 +124,6 @@ class Policy(_Strict):
     # Where phase 2 pushes built images for the other hosts to pull ("host:port/namespace"); None ships
     # them engine to engine (export from the builder, load into each host).
     registry: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$")
-    build: BuildPolicy = Field(default_factory=BuildPolicy)
 
     @model_validator(mode="after")
     def _unique_services(self) -> Policy:

@@ -47,6 +47,7 @@ _COMMAND_MODULES = {
     "analyze": "analyze",
     "plan": "phases",
     "phase1": "phases",
+    "phase2": "phase2",
     "status": "phases",
     "verify": "verify",
 }

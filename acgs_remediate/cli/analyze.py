@@ -100,13 +100,19 @@ def analyze(
     # come after the slowest engine's last answer).
     with ThreadPoolExecutor(max_workers=1) as background:
         # The report needs no parent links (those are for planning removals): one listing fewer per host.
-        collecting = background.submit(
-            facts.collect_many, fleet.hosts, forks=forks, timeout=timeout, parents=False
-        )
+        collecting = background.submit(facts.collect_many, fleet.hosts, forks=forks, timeout=timeout, parents=False)
         import dockerfile_parse  # noqa: F401 - the doctor imports it on first use; load it now, while we wait
 
         from .. import analysis, doctor
-        from ..report import HostReport, baseline_change, build_report, host_status, render, render_rich
+        from ..report import (
+            HostReport,
+            baseline_change,
+            build_report,
+            host_status,
+            optimized_services,
+            render,
+            render_rich,
+        )
 
         snapshots, unreachable = collecting.result()
 
@@ -140,9 +146,19 @@ def analyze(
             continue
         done.add(key)
         builds += doctor.check_services(policy, base=base_dir, snapshot=snapshots.get(h.name))
+    # Phase 2's results, once it has run: before -> after per service, from the build records.
+    records = {h.name: store.build_records(h.name) for h in fleet.hosts}
+    expected = {s.name: s.expected_size for p in policies.values() for s in p.services}
     store.close()
 
-    report = build_report(host_reports, unreachable, builds, inventory=str(fleet.source), pattern=hosts)
+    report = build_report(
+        host_reports,
+        unreachable,
+        builds,
+        inventory=str(fleet.source),
+        pattern=hosts,
+        optimized=optimized_services(records, expected),
+    )
     if output is not None:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
