@@ -127,24 +127,31 @@ AnalyzeReport.model_rebuild()  # its ``optimized`` field names the model above
 
 
 def optimized_services(
-    records: Mapping[str, Sequence[BuildRecord]], expected: Mapping[str, int | None] | None = None
+    records: Mapping[str, Sequence[BuildRecord]],
+    expected: Mapping[str, int | None] | None = None,
+    baseline_sizes: Mapping[str, int] | None = None,
 ) -> list[OptimizedService]:
     """Return one :class:`OptimizedService` per service from host -> that host's build records.
 
     ``expected``: service -> expected size in bytes (the policy's; the report's "Expected Size").
+    "Before" is what the release tag named when phase 2 first moved it (the oldest record saying so), else
+    ``baseline_sizes[image]`` (image ref -> bytes at the first analyze: phase 1 may have removed it first).
     """
     latest: dict[str, dict[str, BuildRecord]] = {}
+    first_before: dict[str, tuple[datetime, int]] = {}
     for host, recs in records.items():
-        for r in recs:
+        for r in sorted(recs, key=lambda rec: rec.finished_at):
             cur = latest.setdefault(r.service, {}).get(host)
             if cur is None or r.finished_at >= cur.finished_at:
                 latest[r.service][host] = r
+            if r.size_before and (r.service not in first_before or r.finished_at < first_before[r.service][0]):
+                first_before[r.service] = (r.finished_at, r.size_before)
     out: list[OptimizedService] = []
     for service in sorted(latest):
         per_host = list(latest[service].values())
-        befores = [r.size_before for r in per_host if r.size_before]
         after = next((r.size for r in per_host if r.size), None)
-        before = max(befores) if befores else None
+        before = first_before[service][1] if service in first_before else None
+        before = before or (baseline_sizes or {}).get(per_host[0].image)
         gated = next((r for r in per_host if r.gates), per_host[0])
         out.append(
             OptimizedService(

@@ -149,6 +149,11 @@ def analyze(
     # Phase 2's results, once it has run: before -> after per service, from the build records.
     records = {h.name: store.build_records(h.name) for h in fleet.hosts}
     expected = {s.name: s.expected_size for p in policies.values() for s in p.services}
+    baseline_sizes: dict[str, int] = {}
+    for h in fleet.hosts:
+        if (b := store.baseline(h.name)) is not None:
+            for ref, size in b.per_image.items():
+                baseline_sizes[ref] = max(size, baseline_sizes.get(ref, 0))
     store.close()
 
     report = build_report(
@@ -157,7 +162,7 @@ def analyze(
         builds,
         inventory=str(fleet.source),
         pattern=hosts,
-        optimized=optimized_services(records, expected),
+        optimized=optimized_services(records, expected, baseline_sizes),
     )
     if output is not None:
         try:

@@ -400,8 +400,8 @@ class Phase2(PhaseSpec[Phase2Plan]):
 
     def outcome(self, plan: Phase2Plan, before: HostSnapshot, result: HostResult, check: bool) -> HostOutcome:
         """Return per service what the host got: before -> after size, shrink, build time, gates, release."""
-        records = {} if check or self.state is None else self._latest_records(plan.host)
-        rows = [service_row(s, records.get(s.service)) for s in plan.services]
+        records, befores = ({}, {}) if check or self.state is None else self._records(plan)
+        rows = [service_row(s, records.get(s.service), befores.get(s.service)) for s in plan.services]
         released = sum(1 for r in rows if r["released"])
         skipped = [r for r in rows if r["skipped"]]
         notes = [f"{r['service']}: skipped, {r['skipped']}" for r in skipped]
@@ -450,18 +450,33 @@ class Phase2(PhaseSpec[Phase2Plan]):
                 return str(res.get("msg") or "failed").strip().splitlines()[0]
         return None
 
-    def _latest_records(self, host: str) -> dict[str, BuildRecord]:
+    def _records(self, plan: Phase2Plan) -> tuple[dict[str, BuildRecord], dict[str, int]]:
+        """Return the host's latest BuildRecord per service, and per service its size before phase 2.
+
+        "Before" is what the release tag named when phase 2 first moved it (its oldest record saying so),
+        else the host's baseline (the first analyze) for the service's image: phase 1 may have removed the
+        oversized original before phase 2 ran.
+        """
         from ..criteria import latest_records
         from ..state import StateStore
 
         assert self.state is not None
         if not self.state.exists():
-            return {}
+            return {}, {}
         store = StateStore(self.state)
         try:
-            return latest_records(store.build_records(host))
+            records = store.build_records(plan.host)
+            baseline = store.baseline(plan.host)
         finally:
             store.close()
+        befores: dict[str, int] = {}
+        for r in reversed(records):  # oldest first
+            if r.size_before and r.service not in befores:
+                befores[r.service] = r.size_before
+        for svc in plan.services:
+            if svc.service not in befores and baseline is not None and svc.release_ref in baseline.per_image:
+                befores[svc.service] = baseline.per_image[svc.release_ref]
+        return latest_records(records), befores
 
     # -- writing into the source tree ------------------------------------------------------------
 
@@ -495,13 +510,15 @@ def json_key(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def service_row(planned: Phase2Service, record: BuildRecord | None) -> dict[str, Any]:
+def service_row(planned: Phase2Service, record: BuildRecord | None, before: int | None = None) -> dict[str, Any]:
     """Return one service's result row: before -> after bytes, shrink factor, build seconds, gates, release.
 
-    ``record``: the host's latest BuildRecord of the service (None: nothing recorded, e.g. check mode).
+    ``record``: the host's latest BuildRecord of the service (None: nothing recorded, e.g. check mode);
+    ``before``: bytes of the service's image before phase 2 (None: the record's or the plan's).
     """
     failed = [f"{g.name}: {g.detail}" for g in (record.gates if record else []) if not g.passed]
-    before = record.size_before if record and record.size_before is not None else planned.size_before
+    if before is None:
+        before = record.size_before if record and record.size_before is not None else planned.size_before
     after = record.size if record else None
     return {
         "service": planned.service,

@@ -84,8 +84,12 @@ def test_phase2_builds_once_releases_gated_images_and_verify_passes_its_criteria
             assert client.images.get(svc.image).id in ids[svc.name]
         client.close()
 
-    verify = _cli(sb, state, "verify", "-f", "json")
-    got = _criteria(as_json(verify))
+    verify = as_json(_cli(sb, state, "verify", "-f", "json"))
+    got = _criteria(verify)
+    for host, results in verify["hosts"].items():
+        dangling = next(r for r in results if r["id"] == "zero_dangling")
+        left = [d for d in dangling.get("details") or [] if not d["containers"]]
+        assert not left, f"{host}: phase 2 left dangling images behind: {left}"
     for index, host in enumerate(sb.hosts()):
         expected = scen.expectation(index).criteria_after_phase2
         assert expected, f"the scenario states no criteria_after_phase2 for host {index}"

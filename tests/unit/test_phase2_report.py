@@ -34,7 +34,7 @@ def test_before_after_shrink_and_release_count_come_from_each_hosts_latest_recor
     records = {
         "h1": [_record("h1", "gs")],
         "h2": [
-            _record("h2", "gs", size_before=50_000_000),
+            _record("h2", "gs", size_before=50_000_000, finished_at=T2),
             _record(
                 "h2",
                 "auth",
