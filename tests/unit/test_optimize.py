@@ -277,3 +277,19 @@ def test_a_build_can_be_staged_outside_the_source_tree(policy: Policy, tmp_path:
     sent = optimize.context_paths(defn)
     assert "app/main.py" in sent and "requirements.txt" in sent
     assert not any(p.startswith("logs/") for p in sent)
+
+
+def test_dockerignore_re_includes_what_the_build_copies_from_a_junk_place(tmp_path: Path) -> None:
+    policy = _service_tree(
+        tmp_path,
+        "FROM python:3.11\nCOPY . /app\nCOPY logs/format.ini /etc/svc/format.ini\n"
+        "RUN pip install -r /app/requirements.txt\n"
+        'CMD ["python", "/app/tests/smoke_server.py"]\n',
+        {"logs/format.ini": "[log]\n", "logs/old.log": "x" * 10, "tests/smoke_server.py": "print(1)\n"},
+    )
+    defn = optimize.generate(policy.services[0], policy)
+    assert defn.status == "generated", defn.reason
+    patterns = parse_dockerignore(str(defn.dockerignore))
+    assert is_ignored("logs/old.log", patterns)
+    assert not is_ignored("logs/format.ini", patterns) and not is_ignored("tests/smoke_server.py", patterns)
+    assert any("re-includes logs/format.ini" in n for n in defn.notes)
