@@ -19,12 +19,11 @@ from typing import Any
 import docker
 import pytest
 import yaml
+from test_phase1 import _env, as_json, run_cli
 
 from acgs_remediate.sandbox import Sandbox
 from acgs_remediate.scenario import load_scenario
 from acgs_remediate.state import StateStore
-
-from .test_phase1 import _env, as_json, run_cli
 
 pytestmark = pytest.mark.integration
 
