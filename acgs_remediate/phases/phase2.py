@@ -336,6 +336,9 @@ class Phase2(PhaseSpec[Phase2Plan]):
             )
         first = next(iter(plans.values())).for_run()
         return {
+            # Every host holds every released image already (the plan has no action): the role is skipped,
+            # so a forced re-run with unchanged sources costs a playbook start, not a re-hash of every context.
+            "acgs_phase2_nothing_to_do": not any(p.actions for p in plans.values()),
             "acgs_phase2_plan": {n: p.for_run() for n, p in plans.items()},
             "acgs_phase2_skipped": first["skipped"],
             "service_build_builder": first["builder"],
@@ -439,8 +442,10 @@ class Phase2(PhaseSpec[Phase2Plan]):
     # -- run -------------------------------------------------------------------------------------
 
     def applied(self, result: HostResult) -> bool:
-        """Return whether the host's ship/release step ran (its bytes are then worth measuring)."""
-        return "acgs_service_build" in result.results and result.status != "unreachable"
+        """Return whether the host's ship/release step ran, or had nothing to do (its bytes are worth measuring)."""
+        if result.status == "unreachable":
+            return False
+        return "acgs_service_build" in result.results or result.status in ("ok", "changed")
 
     def shared_failure(self, result: RunResult) -> str | None:
         """Return why the run-once build step itself failed (not one service: the module), else None."""
