@@ -114,9 +114,10 @@ def sources_from_policy(
 ) -> list[BuildSource]:
     """Return the build sources of the policy's services (all, or those named in ``services``).
 
-    ``dockerfiles`` overrides a service's Dockerfile (e.g. the optimized one phase 2 generated); relative
-    policy paths are resolved like doctor.py does: the Dockerfile relative to the context, the context
-    relative to ``sources_root``, and that relative to ``base`` (the inventory's directory).
+    ``dockerfiles`` overrides a service's Dockerfile (e.g. the optimized one phase 2 generated and staged),
+    else the service's own ``optimized_dockerfile``, else its ``dockerfile``. Relative policy paths are
+    resolved like doctor.py does: the Dockerfile relative to the context, the context relative to
+    ``sources_root``, and that relative to ``base`` (the inventory's directory).
     Raise UsageError for an unknown service name, a missing context or Dockerfile (exit 2).
     """
     wanted = set(services) if services is not None else None
@@ -130,6 +131,8 @@ def sources_from_policy(
             continue
         context = policy.service_context(svc, base).resolve()
         override = (dockerfiles or {}).get(svc.name)
+        if override is None and svc.optimized_dockerfile:
+            override = Path(svc.optimized_dockerfile)  # the service's own optimized Dockerfile, built as is
         dockerfile = Path(override) if override is not None else Path(svc.dockerfile)
         if not dockerfile.is_absolute():
             dockerfile = context / dockerfile
@@ -667,6 +670,28 @@ def ship(
                 image.service, target.name, f"tagging {image.candidate} failed: {describe_error(exc)}"
             ) from None
     return ShipResult(target.name, image.service, image.image_id, method, True, True, time.monotonic() - t0)
+
+
+def policy_gate(policy: Policy, address: str = "127.0.98.1") -> Gate:
+    """Return the phase-2 gates of ``policy`` as a Gate: ``gates.run_gates`` on the builder's engine (size cap,
+    expected size, build time, smoke test with the image's HEALTHCHECK, dev-tool scan), each result as a
+    GateVerdict. An image found already built (no build time measured now) skips the build-time gate.
+    ``address``: the 127.x address the smoke-tested service binds on the builder."""
+
+    def gate(builder: Host, source: BuildSource, image: BuiltImage) -> list[GateVerdict]:
+        import docker
+
+        from .gates import run_gates
+
+        service = next(s for s in policy.services if s.name == source.service)
+        client = docker.DockerClient(**builder.docker_client_kwargs())
+        try:
+            report = run_gates(client, image.image_id, service, policy, build_seconds=image.seconds, address=address)
+        finally:
+            client.close()
+        return [GateVerdict(name=r.gate, passed=r.passed, detail=r.reason) for r in report.results]
+
+    return gate
 
 
 def gated_before(builder: Host, source: BuildSource, image: BuiltImage) -> bool:

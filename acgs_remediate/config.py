@@ -77,12 +77,9 @@ class HealthcheckPolicy(_Strict):
 
 
 class BuildPolicy(_Strict):
-    """How phase 2 builds optimized images: where, bases, wheelhouse, user, health check, dev-file rules."""
+    """How phase 2 builds optimized images (bases, wheelhouse, user, health check, dev-file rules) and where
+    (the builder host, once per distinct source; build args)."""
 
-    # The inventory host whose engine builds every service (once per distinct source); None: the first host.
-    builder: str | None = None
-    # Build arguments given to every service's build (``--build-arg``); part of the source hash.
-    args: dict[str, str] = Field(default_factory=dict)
     builder_base: str = "python:3.11-slim"  # where dependencies are installed (needs pip)
     runtime_base: str = "python:3.11-slim"  # the small final stage
     pip: str = "pip"  # the pip command in the builder base
@@ -94,6 +91,10 @@ class BuildPolicy(_Strict):
     healthcheck: HealthcheckPolicy = Field(default_factory=HealthcheckPolicy)
     # A file of the context at least this big that the service's code never names is left out of it.
     big_file: Bytes = 1_000_000
+    # The inventory host whose engine builds every service (once per distinct source); None: the first host.
+    builder: str | None = None
+    # Build arguments given to every service's build (``--build-arg``); part of the source hash.
+    args: dict[str, str] = Field(default_factory=dict)
 
 
 class Criteria(_Strict):

@@ -14,7 +14,8 @@ Generated definitions are built from a content-addressed copy outside the source
 source tree is written only by ``--write`` (``write_definitions``), which never overwrites hand edits.
 
 Playbook: ``playbooks/phase2_service_optimization.yml`` (role ``service_build``), with the builder, the
-services to build, their Dockerfiles, the gate (``release_gate.GATE``) and the state store as extravars;
+services to build, their Dockerfiles, the gates (``policy``: ``builds.policy_gate``, i.e. ``gates.run_gates`` on
+the builder) and the state store as extravars;
 the role writes one BuildRecord per service and host (criteria 2, 3 and 5 read them). Release tag: the
 service's ``image`` of the policy (what verify's size-cap criterion reads); the image it named before keeps
 ``REPO:rollback-<id12>`` (``builds.release``; the same scheme as phase 3's ``deploy.rollback_tag``), so it
@@ -326,8 +327,6 @@ class Phase2(PhaseSpec[Phase2Plan]):
         Raises UsageError when the hosts of the run disagree on the build (one builder, one set of sources
         per run: run phase 2 per policy group with --hosts).
         """
-        from ..release_gate import GATE
-
         runs = {json_key(p.for_run()) for p in plans.values()}
         if len(runs) > 1:
             raise UsageError(
@@ -344,7 +343,7 @@ class Phase2(PhaseSpec[Phase2Plan]):
             "service_build_builder": first["builder"],
             "service_build_services": first["services"],
             "service_build_dockerfiles": first["dockerfiles"],
-            "service_build_gate": GATE,
+            "service_build_gate": "policy",  # the policy's gates (builds.policy_gate -> gates.run_gates)
             "service_build_state_db": str(self.state) if self.state is not None else "",
         }
 

@@ -280,6 +280,7 @@ def test_the_playbook_builds_once_ships_everywhere_and_a_rerun_changes_nothing(
     extra = {
         "service_build_policy": policy.model_dump(mode="json"),
         "service_build_state_db": str(tmp_path / "state.db"),
+        "service_build_gate": "",  # these test images have no HEALTHCHECK for the smoke test
     }
     dangling_before = {h.name: dangling_ids(h) for h in hosts}
 

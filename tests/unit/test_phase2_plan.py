@@ -103,6 +103,6 @@ def test_the_playbook_receives_the_builder_the_services_their_dockerfiles_and_th
     assert extravars["service_build_builder"] == "h0"
     assert extravars["service_build_services"] == ["auth"]
     assert extravars["service_build_dockerfiles"] == {"auth": "/stage/auth/Dockerfile.optimized"}
-    assert extravars["service_build_gate"] == "acgs_remediate.release_gate:gate"
+    assert extravars["service_build_gate"] == "policy"
     assert extravars["acgs_phase2_skipped"] == {}
     assert extravars["acgs_phase2_nothing_to_do"] is False

@@ -76,8 +76,9 @@ options:
     description: Registry to ship through (C(host:port/namespace)); empty ships engine to engine.
     type: str
   gate:
-    description: The gate check, C(module:function) taking (builder Host, BuildSource, BuiltImage) and returning
-      gate verdicts; empty releases every image that built.
+    description: C(policy) runs the policy's phase-2 gates (C(acgs_remediate.gates) - size cap, expected size,
+      build time, smoke test, dev-tool scan) on the builder; else a C(module:function) taking (builder Host,
+      BuildSource, BuiltImage) and returning gate verdicts; empty releases every image that built.
     type: str
   images:
     description: For O(state=shipped), the RV(images) of the O(state=built) run.
@@ -120,9 +121,7 @@ failures:
 
 # Ansible modules carry their documentation before the imports.
 import dataclasses  # noqa: E402
-import functools  # noqa: E402
 import importlib  # noqa: E402
-import inspect  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
@@ -153,9 +152,7 @@ def _built(module, b, p):
         policy = parse_policy(p["policy"], "the role variable service_build_policy")
         sources = b.sources_from_policy(policy, Path(p["base_dir"]) if p["base_dir"] else None,
                                         {k: Path(v) for k, v in (p["dockerfiles"] or {}).items()}, p["services"])
-        gate = _load_gate(p["gate"])
-        if gate is not None and "policy" in inspect.signature(gate).parameters:
-            gate = functools.partial(gate, policy=policy)  # a gate that needs the services' policy gets it
+        gate = b.policy_gate(policy) if p["gate"] == "policy" else _load_gate(p["gate"])
     except RemediateError as exc:
         module.fail_json(msg=exc.message, hint=exc.hint, images=[], failures=[exc.message])
         return
