@@ -216,12 +216,13 @@ class PhaseSpec(ABC, Generic[P]):
         return {}
 
     def prepare_fleet(
-        self, snapshots: dict[str, HostSnapshot], policies: dict[str, Policy], inventory_base: Path
+        self, snapshots: dict[str, HostSnapshot], policies: dict[str, Policy], inventory_base: Path, fleet: Fleet
     ) -> dict[str, Any]:
         """Return per-host planning input that needs other hosts' facts (default: :meth:`prepare`).
 
         Phase 2 plans every host against its builder's facts (what is built already, base image IDs).
-        ``snapshots``: host -> facts read now, for every host being planned.
+        ``snapshots``: host -> facts read now, for every host being planned; ``fleet``: the selected hosts
+        (those already finished included), to read a host that is not being planned (phase 2's builder).
         """
         return self.prepare(policies, inventory_base)
 
@@ -399,7 +400,7 @@ def _read_and_plan(
     snapshots, unreachable = collect_many(hosts, forks=forks)
     if not plan:
         return {}, snapshots, unreachable
-    prepared = spec.prepare_fleet(snapshots, {h: policies[h] for h in snapshots}, _inventory_base(fleet))
+    prepared = spec.prepare_fleet(snapshots, {h: policies[h] for h in snapshots}, _inventory_base(fleet), fleet)
     plans = {name: spec.plan_host(snap, policies[name], prepared.get(name)) for name, snap in snapshots.items()}
     return plans, snapshots, unreachable
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from ..config import Policy
     from ..execute import HostResult, RunResult
+    from ..inventory import Fleet
     from ..models import BuildRecord, HostSnapshot
     from ..optimize import BuildDefinition, WriteResult
 
@@ -293,28 +294,47 @@ class Phase2(PhaseSpec[Phase2Plan]):
     # -- planner ---------------------------------------------------------------------------------
 
     def prepare_fleet(
-        self, snapshots: dict[str, HostSnapshot], policies: dict[str, Policy], inventory_base: Path
+        self, snapshots: dict[str, HostSnapshot], policies: dict[str, Policy], inventory_base: Path, fleet: Fleet
     ) -> dict[str, FleetBuild]:
         """Return each host's :class:`FleetBuild`, computed once per distinct policy against its builder.
 
-        The builder: the policy's ``build.builder``, else the first host (by name) of the run. Raises
-        UsageError (exit 2) when the policy names a builder that is not among the hosts being planned.
+        The builder: the policy's ``build.builder``, else the first selected host in inventory order — the
+        same on a resumed run, where the builder may have finished already (its facts are then read here,
+        so a resume ships what was built instead of building again). Raises UsageError (exit 2) when the
+        builder is not in the inventory or cannot be read.
         """
+        from ..facts import collect_many
+        from ..inventory import load_fleet
+
         groups: dict[str, list[str]] = {}
         for host in sorted(policies):
             groups.setdefault(policies[host].model_dump_json(), []).append(host)
         out: dict[str, FleetBuild] = {}
-        for hosts in groups.values():
+        for key, hosts in groups.items():
             policy = policies[hosts[0]]
-            builder = policy.build.builder or hosts[0]
-            if builder not in snapshots:
-                raise UsageError(
-                    f"phase 2's builder {builder} (acgs_policy.build.builder) is not among the hosts of this run",
-                    hint=f"include it (--hosts), or run with --force; planned: {', '.join(sorted(snapshots))}",
-                )
-            fleet = plan_fleet_build(policy, inventory_base, snapshots[builder])
-            for host in hosts:
-                out[host] = fleet
+            builder = policy.build.builder or next(
+                h.name for h in fleet.hosts if h.name in hosts or fleet.policy(h).model_dump_json() == key
+            )
+            snap = snapshots.get(builder)
+            if snap is None:
+                try:
+                    host = next((h for h in fleet.hosts if h.name == builder), None)
+                    host = host or load_fleet(fleet.source, builder).hosts[0]
+                except UsageError:
+                    raise UsageError(
+                        f"phase 2's builder {builder} (acgs_policy.build.builder) is not in the inventory",
+                        hint="set acgs_policy.build.builder to an inventory host",
+                    ) from None
+                read, unreachable = collect_many([host])
+                if unreachable:
+                    raise UsageError(
+                        f"phase 2's builder {builder} cannot be read: {unreachable[0].reason}",
+                        hint="bring its engine back, or name another builder in acgs_policy.build.builder",
+                    )
+                snap = read[builder]
+            built = plan_fleet_build(policy, inventory_base, snap)
+            for host_name in hosts:
+                out[host_name] = built
         return out
 
     def plan_host(self, snapshot: HostSnapshot, policy: Policy, prepared: Any) -> Phase2Plan:
