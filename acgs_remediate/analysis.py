@@ -48,6 +48,43 @@ def reclaimable_bytes(snapshot: HostSnapshot, image_ids: Iterable[str]) -> int:
     return sum(snapshot.layer_sizes.get(c, 0) for c, n in gone.items() if n == total[c])
 
 
+class LayerAccount:
+    """``reclaimable_bytes`` one removal at a time: what each next removal frees, given what remains.
+
+    Keeps per layer how many remaining images reference it, so each step costs the image's layer count
+    (not the host's): planners that pick removals one by one (hygiene's LRU) stay linear on big hosts.
+    After removing ``a, b, c`` in order, the gains sum to ``reclaimable_bytes(snapshot, [a, b, c])``.
+    """
+
+    def __init__(self, snapshot: HostSnapshot) -> None:
+        self.sizes = snapshot.layer_sizes
+        self.layers = {img.id: set(img.layers) for img in snapshot.images}
+        self.refs: dict[str, int] = {}
+        for chains in self.layers.values():
+            for chain in chains:
+                self.refs[chain] = self.refs.get(chain, 0) + 1
+        self.removed: list[str] = []  # in order
+        self._gone: set[str] = set()
+        self.total = 0  # bytes freed by the removals so far
+
+    def gain(self, image_id: str) -> int:
+        """Return the bytes removing ``image_id`` next would free (0 if already removed or unknown)."""
+        if image_id in self._gone:
+            return 0
+        return sum(self.sizes.get(c, 0) for c in self.layers.get(image_id, ()) if self.refs[c] == 1)
+
+    def remove(self, image_id: str) -> int:
+        """Record the removal of ``image_id``; return the bytes it frees."""
+        gain = self.gain(image_id)
+        if image_id in self.layers and image_id not in self._gone:
+            for chain in self.layers[image_id]:
+                self.refs[chain] -= 1
+            self.removed.append(image_id)
+            self._gone.add(image_id)
+            self.total += gain
+        return gain
+
+
 def freed_alone(snapshot: HostSnapshot) -> dict[str, int]:
     """Return image ID -> bytes removing only that image frees (its layers no other image uses)."""
     refs: dict[str, int] = {}

@@ -105,6 +105,78 @@ class Criteria(_Strict):
     build_time_max: Seconds = 300.0
 
 
+def parse_watermark(value: Any) -> str:
+    """Return a watermark written "85%" (of the data root's filesystem) or "20GB" (engine bytes), normalised.
+
+    Normalised forms: ``"85%"`` or a byte count such as ``"20000000000"``. Raises ValueError when unreadable.
+    """
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{value!r} is not a watermark; write it like 85% or 20GB")
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"{value!r} is not a percentage; write it like 85%") from None
+        if not 0 < pct <= 100:
+            raise ValueError(f"{value!r} must be above 0% and at most 100%")
+        return f"{pct:g}%"
+    return str(parse_size(text if isinstance(value, str) else value))
+
+
+Watermark = Annotated[str, BeforeValidator(parse_watermark)]
+
+
+def watermark_is_percent(value: str) -> bool:
+    """Return True for a watermark of the filesystem ("85%"), False for one in engine bytes."""
+    return value.endswith("%")
+
+
+def watermark_bytes(value: str, capacity: int | None) -> int | None:
+    """Return the watermark in bytes: a percentage of ``capacity`` (None when unknown), or its byte count."""
+    if watermark_is_percent(value):
+        return None if capacity is None else int(capacity * float(value[:-1]) / 100)
+    return int(value)
+
+
+class Hygiene(_Strict):
+    """The scheduled hygiene run: watermarks, per-category budgets and ages (kubelet image GC's model).
+
+    Above ``high_watermark`` the run evicts unused images, least recently used first, down to
+    ``low_watermark``. "85%" is a share of the filesystem holding the engine's data root (measured with
+    statfs where the engine is local); "20GB" counts the engine's own accounting (image layers once each
+    + build cache). Both watermarks must use the same kind. Dangling images past their age and build cache
+    above its budget go on every run, whatever the watermark says.
+    """
+
+    high_watermark: Watermark = "85%"
+    low_watermark: Watermark = "80%"
+    # Nothing that arrived on the engine (pull, load, build) more recently than this is a candidate.
+    fresh_min_age: Seconds = 3600.0
+    # Dangling images go once they have been on the engine this long (a build may still need them).
+    dangling_min_age: Seconds = 3600.0
+    # Unused images go (under watermark pressure) only when last used longer ago than this.
+    unused_min_age: Seconds = 86400.0
+    # Build cache above this is pruned, least recently used first; None: the policy's build_cache_budget.
+    build_cache_budget: Bytes | None = None
+    # The engine event stream is read since the previous run, but never further back than this.
+    events_lookback: Seconds = 7 * 86400.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Hygiene:
+        if watermark_is_percent(self.high_watermark) != watermark_is_percent(self.low_watermark):
+            raise ValueError("high_watermark and low_watermark must both be percentages or both be sizes")
+        high = float(self.high_watermark.rstrip("%"))
+        low = float(self.low_watermark.rstrip("%"))
+        if low >= high:
+            raise ValueError(
+                f"low_watermark ({self.low_watermark}) must be below high_watermark ({self.high_watermark})"
+            )
+        if self.fresh_min_age < 120:
+            raise ValueError("fresh_min_age must be at least 2m: a fresh pull or build must survive until used")
+        return self
+
+
 class Policy(_Strict):
     """Everything that decides what is oversized, what may go and what must stay."""
 
@@ -122,6 +194,7 @@ class Policy(_Strict):
     wheelhouse: str | None = None
     build: BuildPolicy = Field(default_factory=BuildPolicy)
     criteria: Criteria = Field(default_factory=Criteria)
+    hygiene: Hygiene = Field(default_factory=Hygiene)
     # Where phase 2 pushes built images for the other hosts to pull ("host:port/namespace"); None ships
     # them engine to engine (export from the builder, load into each host).
     registry: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$")

@@ -7,6 +7,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a host failed, or a success criterion failed / is not verified
 EXIT_USAGE = 2  # bad input or usage; nothing was changed anywhere
 EXIT_PARTIAL = 3  # some hosts were unreachable
+EXIT_LOCKED = 4  # hygiene: another run holds a host's lock; this run changed nothing
 
 
 class RemediateError(Exception):

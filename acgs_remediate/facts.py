@@ -672,6 +672,34 @@ class LeanEngineAPI:
         )
         return self._json_lines(conn, resp)
 
+    def events(
+        self, since: float, until: float, filters: dict[str, list[str]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Return the engine's events between ``since`` and ``until`` (Unix seconds), oldest first.
+
+        With ``until`` set the engine answers the bounded window and ends the stream (newline-separated JSON).
+        """
+        params = {"since": f"{since:.9f}", "until": f"{until:.9f}"}
+        if filters:
+            params["filters"] = json.dumps(filters)
+        conn = self._factory()
+        try:
+            resp, body = self._send(conn, f"{self._prefix}/events?{urllib.parse.urlencode(params)}")
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            raise EngineHTTPError(resp.status, body.decode(errors="replace").strip() or str(resp.reason))
+        decoder = json.JSONDecoder()
+        text, pos, out = body.decode(errors="replace"), 0, []
+        while pos < len(text):
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+            if pos >= len(text):
+                break
+            item, pos = decoder.raw_decode(text, pos)
+            out.append(item)
+        return out
+
     def close(self) -> None:
         """Close the kept-alive connections."""
         with self._lock:
@@ -691,6 +719,62 @@ def collect(
     base_timeout = float(timeout if timeout is not None else host.timeout or 60.0)
     with _engine_api(host, base_timeout) as api:
         return _collect(api, host, base_timeout, memo, parents)
+
+
+# Engine events hygiene reads: a container's create/start/die is a use of its image; an image's
+# pull/load/import/tag is an arrival (hygiene.event_signals interprets them).
+_HYGIENE_EVENT_FILTERS = {
+    "type": ["container", "image"],
+    "event": ["create", "start", "die", "pull", "load", "import", "tag"],
+}
+
+
+def usage_signals(
+    host: Host,
+    snapshot: HostSnapshot,
+    since: datetime | None,
+    until: datetime,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Return what the engine says about when images arrived and were used (read-only), for hygiene.
+
+    ``events``: the engine's container create/start/die and image pull/load/import/tag events in the bounded
+    window ``since`` .. ``until`` (none when ``since`` is None: a host's first run starts the window).
+    ``imagedb``: image ID -> mtime of the image's config file in the engine's image store — written once,
+    when the image arrives on this engine (pull, load, build) — for a local graphdriver engine whose data
+    root this machine sees (moby stores it at ``<data-root>/image/<driver>/imagedb/content/sha256/<hex>``).
+    ``tag_times``: image ID -> the engine's ``Metadata.LastTagTime`` for images imagedb does not date.
+    Raises what the Engine API client raises on an unreachable engine.
+    """
+    imagedb: dict[str, datetime] = {}
+    root = snapshot.engine.data_root
+    if host.docker_host.startswith("unix://") and root and snapshot.engine.image_store == "graphdriver":
+        content = Path(root) / "image" / snapshot.engine.storage_driver / "imagedb" / "content" / "sha256"
+        for img in snapshot.images:
+            with contextlib.suppress(OSError):
+                st = (content / img.id.removeprefix("sha256:")).stat()
+                imagedb[img.id] = datetime.fromtimestamp(st.st_mtime, UTC)
+    events: list[dict[str, Any]] = []
+    tag_times: dict[str, datetime] = {}
+    with _engine_api(host, float(timeout if timeout is not None else host.timeout or 60.0)) as api:
+        if since is not None and since < until:
+            if isinstance(api, LeanEngineAPI):
+                events = api.events(since.timestamp(), until.timestamp(), _HYGIENE_EVENT_FILTERS)
+            else:
+                events = list(api.events(since=since, until=until, filters=_HYGIENE_EVENT_FILTERS, decode=True))
+        for img in snapshot.images:
+            if img.id in imagedb:
+                continue
+            try:
+                meta = api.inspect_image(img.id).get("Metadata") or {}
+            except Exception as exc:
+                if _not_found(exc):
+                    continue
+                raise
+            when = _ts(meta.get("LastTagTime"))
+            if when is not None and when.year > 1970:
+                tag_times[img.id] = when
+    return {"events": events, "imagedb": imagedb, "tag_times": tag_times}
 
 
 def disk_usage(host: Host, timeout: float | None = None) -> dict[str, Any]:

@@ -53,11 +53,20 @@ class ImageFact(_Fact):
     labels: dict[str, str] = Field(default_factory=dict)
     # The image it was built on, when the classic builder made it ("" otherwise; BuildKit records none).
     parent_id: str = ""
+    # When the image first arrived on THIS engine (pull, load, build, import), not its Created date: an old
+    # image loaded a minute ago is fresh. None = unknown, which every planner treats as fresh.
+    arrived_at: datetime | None = None
+    # Where arrived_at comes from ("imagedb" file time, "events", "tag time", "ledger"), "" when unknown.
+    arrival_source: str = ""
 
     @property
     def dangling(self) -> bool:
-        """Return True for an untagged image (what `docker images -f dangling=true` lists)."""
-        return not self.repo_tags
+        """Return True for an image with no tag AND no repository digest.
+
+        An image pulled by digest has no tag, and `docker images -f dangling=true` lists it, yet it is
+        deployed (SANDBOX-NOTES "digests"): it is not junk, so it is not dangling here.
+        """
+        return not self.repo_tags and not self.repo_digests
 
     @property
     def display_name(self) -> str:

@@ -204,6 +204,8 @@ class PhaseSpec(ABC, Generic[P]):
     playbook: ClassVar[str]  # file name under playbooks/ ("phase1_emergency_cleanup.yml")
     plan_model: ClassVar[type[BaseModel]]  # the per-host plan model (saved plans are validated with it)
     summary_columns: ClassVar[tuple[str, ...]] = ()  # phase-specific columns of the result table
+    # A phase that runs again on every run (hygiene): the ledger never skips a host that finished it.
+    repeats: ClassVar[bool] = False
 
     # -- planner ---------------------------------------------------------------------------------
 
@@ -215,16 +217,24 @@ class PhaseSpec(ABC, Generic[P]):
         """
         return {}
 
-    def prepare_fleet(
-        self, snapshots: dict[str, HostSnapshot], policies: dict[str, Policy], inventory_base: Path, fleet: Fleet
+    def observe(
+        self,
+        hosts: dict[str, Host],
+        snapshots: dict[str, HostSnapshot],
+        policies: dict[str, Policy],
+        store: StateStore | None,
+        prepared: dict[str, Any],
     ) -> dict[str, Any]:
-        """Return per-host planning input that needs other hosts' facts (default: :meth:`prepare`).
+        """Return per-host planning input that needs the hosts, their facts or the ledger (default: ``prepared``).
 
-        Phase 2 plans every host against its builder's facts (what is built already, base image IDs).
-        ``snapshots``: host -> facts read now, for every host being planned; ``fleet``: the selected hosts
-        (those already finished included), to read a host that is not being planned (phase 2's builder).
+        Called after the facts are read, before planning, with the reachable ``hosts`` and their
+        ``snapshots``; ``store`` is the state store (None when ``plan`` runs without one). Read-only: what a
+        run should record goes in :meth:`after_run`.
         """
-        return self.prepare(policies, inventory_base)
+        return prepared
+
+    def after_run(self, store: StateStore, report: RunReport) -> None:
+        """Record what the phase learned during a run that was not in check mode (default: nothing)."""
 
     @abstractmethod
     def plan_host(self, snapshot: HostSnapshot, policy: Policy, prepared: Any) -> P:
@@ -390,6 +400,7 @@ def _read_and_plan(
     policies: dict[str, Policy],
     forks: int,
     plan: bool = True,
+    store: StateStore | None = None,
 ) -> tuple[dict[str, Any], dict[str, HostSnapshot], list[Unreachable]]:
     """Return (plans, snapshots, unreachable) for ``hosts``: facts read in parallel, then each host planned.
 
@@ -400,15 +411,18 @@ def _read_and_plan(
     snapshots, unreachable = collect_many(hosts, forks=forks)
     if not plan:
         return {}, snapshots, unreachable
-    prepared = spec.prepare_fleet(snapshots, {h: policies[h] for h in snapshots}, _inventory_base(fleet), fleet)
+    reachable = {h: policies[h] for h in snapshots}
+    prepared = spec.prepare(reachable, _inventory_base(fleet))
+    by_name = {h.name: h for h in hosts if h.name in snapshots}
+    prepared = spec.observe(by_name, snapshots, reachable, store, prepared)
     plans = {name: spec.plan_host(snap, policies[name], prepared.get(name)) for name, snap in snapshots.items()}
     return plans, snapshots, unreachable
 
 
-def _finished(store: StateStore | None, hosts: Iterable[str], phase: str) -> list[str]:
-    if store is None:
+def _finished(store: StateStore | None, hosts: Iterable[str], spec: PhaseSpec[Any]) -> list[str]:
+    if store is None or spec.repeats:
         return []
-    return [h for h in hosts if (r := store.phase_status(h, phase)) is not None and r.status == "succeeded"]
+    return [h for h in hosts if (r := store.phase_status(h, spec.name)) is not None and r.status == "succeeded"]
 
 
 def plan_phase(
@@ -431,13 +445,14 @@ def plan_phase(
     policies = policies_of(fleet)
     if save_to is not None:
         _check_writable(save_to)
-    plans, snapshots, unreachable = _read_and_plan(spec, fleet, fleet.hosts, policies, forks)
     done: list[str] = []
-    if state.exists():
-        store = StateStore(state)
-        try:
-            done = _finished(store, [h.name for h in fleet.hosts], spec.name)
-        finally:
+    # The ledger is read when there is one (hygiene's last use); planning never writes it.
+    store = StateStore(state) if state.exists() else None
+    try:
+        plans, snapshots, unreachable = _read_and_plan(spec, fleet, fleet.hosts, policies, forks, store=store)
+        done = _finished(store, [h.name for h in fleet.hosts], spec)
+    finally:
+        if store is not None:
             store.close()
     planned = Planned(spec, plans, snapshots, unreachable, done)
     if save_to is not None:
@@ -657,7 +672,7 @@ def _run(
 
     for host, phase in store.reconcile():
         ui.reconciled(host, phase)
-    done = [] if options.force else _finished(store, [h.name for h in selected], spec.name)
+    done = [] if options.force else _finished(store, [h.name for h in selected], spec)
     todo = [h for h in selected if h.name not in done]
     if done:
         ui.skipping(spec.name, done)
@@ -668,7 +683,7 @@ def _run(
     locks = None if options.check else store.lock_hosts([h.name for h in todo], run_id)
     try:
         clock = time.monotonic()
-        plans, before, unreachable = _read_and_plan(spec, fleet, todo, policies, options.forks, saved is None)
+        plans, before, unreachable = _read_and_plan(spec, fleet, todo, policies, options.forks, saved is None, store)
         if saved is not None:
             plans = _saved_plans_if_unchanged(spec, saved, before, policies, options.saved_plan)
         timings = {"facts_and_plan": round(time.monotonic() - clock, 2)}
@@ -725,6 +740,7 @@ def _run(
         _summarise(spec, store, report, plans, before, after, result)
         report.diff = spec.diff_lines(result) if options.diff else []
         if not options.check:
+            spec.after_run(store, report)
             applied = f"applied the saved plan {options.saved_plan}" if options.saved_plan else None
             store.finish_run(run_id, result.status, detail=applied)
         return report

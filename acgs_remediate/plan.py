@@ -41,7 +41,8 @@ from .units import human_size
 _PHASE2_LABEL = "org.acgs.source-hash"
 
 PHASE1 = "phase1"
-PHASES = (PHASE1,)
+HYGIENE = "hygiene"
+PHASES = (PHASE1, HYGIENE)
 
 ActionKind = Literal["remove_image", "prune_build_cache", "repair_build_file"]
 _PRIORITY_ORDER = {"CRITICAL": 0, "HIGH": 1, "MEDIUM": 2, "LOW": 3}
@@ -60,7 +61,7 @@ class Action(_Model):
     # remove_image
     image_id: str | None = None
     tags: list[str] = Field(default_factory=list)
-    category: Literal["oversized", "dangling"] | None = None
+    category: Literal["oversized", "dangling", "unused"] | None = None
     # prune_build_cache: keep this many bytes of cache (the budget)
     keep_bytes: int | None = None
     # repair_build_file: service and file (absolute path on the control node)
@@ -94,6 +95,22 @@ class BuildFileIssue(_Model):
     kind: str  # "requirements.txt", "alembic.ini", or "other"
 
 
+class WatermarkState(_Model):
+    """Where a host stands against its hygiene watermarks, before and (predicted) after the plan.
+
+    ``basis`` says what was measured: "filesystem" (statfs of the engine's data root, "85%" watermarks) or
+    "engine" (the engine's own bytes: image layers once each + build cache, "20GB" watermarks). Bytes.
+    """
+
+    basis: Literal["filesystem", "engine"]
+    capacity_bytes: int | None = None  # the filesystem's size (filesystem basis)
+    used_bytes: int | None = None  # None: cannot be measured here (remote engine, filesystem basis)
+    high_bytes: int | None = None
+    low_bytes: int | None = None
+    predicted_used_bytes: int | None = None  # used_bytes minus everything the plan frees
+    state: Literal["below_high", "above_high", "unknown"] = "unknown"
+
+
 class HostPlan(_Model):
     """Everything phase ``phase`` would do on ``host``, and everything it leaves alone and why."""
 
@@ -104,6 +121,7 @@ class HostPlan(_Model):
     protections: list[Protection] = Field(default_factory=list)
     predicted_bytes: int = 0  # all image removals together + build cache
     notes: list[str] = Field(default_factory=list)
+    watermark: WatermarkState | None = None  # hygiene only
 
     def removals(self) -> list[Action]:
         """Return the image removals, in order."""
@@ -190,7 +208,8 @@ def _protection_reasons(
     reasons: list[str] = []
     for c in snapshot.containers_using(img.id):
         reasons.append(f"used by {'running' if c.running else 'stopped'} container {c.name}")
-    for ref in [*img.repo_tags, img.id]:
+    # Every reference counts (tags, registry host:port included, digests, the ID): one match keeps it whole.
+    for ref in [*img.repo_tags, *img.repo_digests, img.id]:
         pattern = policy.is_protected(ref)
         if pattern:
             reasons.append(f"protected pattern {pattern!r} matches {ref}")

@@ -93,6 +93,18 @@ CREATE TABLE IF NOT EXISTS phase_history (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS phase_history_host ON phase_history (host, phase, id);
+CREATE TABLE IF NOT EXISTS image_use (
+    host TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_used TEXT,
+    last_used_source TEXT,
+    PRIMARY KEY (host, image_id)
+);
+CREATE TABLE IF NOT EXISTS event_cursor (
+    host TEXT PRIMARY KEY,
+    until TEXT NOT NULL
+);
 """
 
 
@@ -268,6 +280,57 @@ class StateStore:
             args.append(kind)
         rows = self._db.execute(sql + " ORDER BY id DESC", args).fetchall()
         return [{"kind": k, "taken_at": t, "run_id": r, "data": json.loads(d)} for k, t, r, d in rows]
+
+    # -- what hygiene saw: images first seen and last used, and how far the event stream was read ------------
+
+    def image_use(self, host: str) -> dict[str, tuple[datetime, datetime | None, str]]:
+        """Return image ID -> (first seen by this tool, last seen used or None, what showed the use) on ``host``."""
+        rows = self._db.execute(
+            "SELECT image_id, first_seen, last_used, last_used_source FROM image_use WHERE host = ?", (host,)
+        ).fetchall()
+        return {r[0]: (_parse_dt(r[1]) or _now(), _parse_dt(r[2]), r[3] or "") for r in rows}
+
+    def record_image_use(
+        self, host: str, present: Iterable[str], uses: dict[str, tuple[datetime, str]], seen_at: datetime
+    ) -> None:
+        """Record that the images ``present`` were on ``host`` at ``seen_at`` and when each was last used.
+
+        ``uses``: image ID -> (last use, what showed it); a use never moves back in time. Images no longer
+        present are forgotten (an image ID that comes back is a new arrival).
+        """
+        ids = sorted(set(present))
+        with self._tx() as db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS _present (image_id TEXT PRIMARY KEY)")
+            db.execute("DELETE FROM _present")
+            db.executemany("INSERT INTO _present VALUES (?)", [(i,) for i in ids])
+            db.execute(
+                "DELETE FROM image_use WHERE host = ? AND image_id NOT IN (SELECT image_id FROM _present)", (host,)
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO image_use (host, image_id, first_seen) VALUES (?, ?, ?)",
+                [(host, i, _iso(seen_at)) for i in ids],
+            )
+            for image_id, (when, source) in uses.items():
+                if image_id not in ids:
+                    continue
+                db.execute(
+                    "UPDATE image_use SET last_used = ?, last_used_source = ? WHERE host = ? AND image_id = ? "
+                    "AND (last_used IS NULL OR last_used < ?)",
+                    (_iso(when), source, host, image_id, _iso(when)),
+                )
+
+    def events_cursor(self, host: str) -> datetime | None:
+        """Return up to when ``host``'s engine events were read by the last hygiene run, or None."""
+        row = self._db.execute("SELECT until FROM event_cursor WHERE host = ?", (host,)).fetchone()
+        return _parse_dt(row[0]) if row else None
+
+    def set_events_cursor(self, host: str, until: datetime) -> None:
+        """Record that ``host``'s engine events were read up to ``until``."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO event_cursor (host, until) VALUES (?, ?) ON CONFLICT (host) DO UPDATE SET until = ?",
+                (host, _iso(until), _iso(until)),
+            )
 
     # -- locks -----------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job end to end on a fresh local sandbox fleet: analyze -> phase1 -> phase2 -> verify -> status.
+# The main job end to end on a fresh local sandbox fleet: analyze -> phase1 -> phase2 -> verify -> status -> hygiene.
 # Usage: scripts/demo.sh HOSTS DIR STATE   (make demo passes them)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,5 +41,7 @@ run "12. The report again: service images before -> after (also in reports/analy
   acgs-remediate analyze --hosts all
 acgs-remediate analyze --hosts all --format html -o reports/analyze-after.html >/dev/null 2>&1
 run "13. Where every host stands" acgs-remediate status
-printf '\nReports: reports/analyze.md, reports/analyze.html, reports/analyze-after.html, reports/verify.xml. '
-printf 'Stop the fleet: make demo-down\n'
+run "14. Hygiene, the scheduled run (cron/systemd/AWX): after phases 1 and 2 every host is clean, nothing to do" \
+  acgs-remediate hygiene --hosts all --yes --metrics-file reports/acgs_hygiene.prom
+printf '\nReports: reports/analyze.md, reports/analyze.html, reports/analyze-after.html, reports/verify.xml, '
+printf 'reports/acgs_hygiene.prom. Stop the fleet: make demo-down\n'

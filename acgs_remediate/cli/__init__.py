@@ -48,6 +48,7 @@ _COMMAND_MODULES = {
     "plan": "phases",
     "phase1": "phases",
     "phase2": "phase2",
+    "hygiene": "hygiene",
     "status": "phases",
     "verify": "verify",
 }

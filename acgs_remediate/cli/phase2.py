@@ -82,7 +82,7 @@ def phase2_cmd(
     if write or diff:
         _write(inventory, hosts, dry_run=check or not write, show=diff)
     run_phase_command(
-        Phase2(state=state_path(state)),
+        Phase2(state=state_path(state), inventory=inventory),
         inventory,
         hosts,
         state,

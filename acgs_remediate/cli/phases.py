@@ -289,12 +289,16 @@ def run_phase_command(
     forks: int,
     plan_file: Path | None,
     extra_output: Callable[[RunReport, OutputFormat], None] | None = None,
+    on_report: Callable[[RunReport], None] | None = None,
 ) -> None:
     """Run ``phase`` through the shared flow, print its result, exit with its code (every phase command).
 
     ``phase``: a phase name, or a PhaseSpec instance when the command configures it (a phase-specific
-    option such as phase 2's ``--write`` becomes a field of its spec). ``extra_output(report, fmt)`` prints
-    a phase's own result section after the summary (not for JSON: the rows carry it).
+    option such as phase 2's ``--write`` becomes a field of its spec).
+
+    ``extra_output(report, fmt)`` prints a phase's own result section after the summary (not for JSON: the
+    rows carry it). ``on_report`` receives the run's report before the command exits (hygiene writes its
+    metrics from it).
     """
     from ..orchestrate import RunOptions, run_phase
 
@@ -303,6 +307,8 @@ def run_phase_command(
     ui = _Terminal(phase, fmt)
     options = RunOptions(check=check, diff=diff, yes=yes, force=force, forks=forks, saved_plan=plan_file)
     report = run_phase(spec, inventory, hosts, state_path(state), options, ui)
+    if on_report is not None:
+        on_report(report)
     if report.nothing_to_do:
         if fmt is OutputFormat.json:
             print_json({"phase": phase, "check": check, "hosts": [], "skipped_done": report.skipped_done})

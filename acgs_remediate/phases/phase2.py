@@ -43,9 +43,10 @@ if TYPE_CHECKING:
 
     from ..config import Policy
     from ..execute import HostResult, RunResult
-    from ..inventory import Fleet
+    from ..inventory import Host
     from ..models import BuildRecord, HostSnapshot
     from ..optimize import BuildDefinition, WriteResult
+    from ..state import StateStore
 
 PHASE2 = "phase2"
 
@@ -287,55 +288,67 @@ class Phase2(PhaseSpec[Phase2Plan]):
     summary_columns = ("released", "skipped")
     shared_step = "the build on the builder (shared by every host)"
 
-    def __init__(self, state: Path | None = None) -> None:
-        """``state``: the state store the role writes build records to (None: none are written)."""
+    def __init__(self, state: Path | None = None, inventory: Path | None = None) -> None:
+        """``state``: the state store the role writes build records to (None: none are written);
+        ``inventory``: the run's inventory (None: the default one), to read a builder that is not planned."""
         self.state = state
+        self.inventory = inventory
+        self.base = Path(".")
 
     # -- planner ---------------------------------------------------------------------------------
 
-    def prepare_fleet(
-        self, snapshots: dict[str, HostSnapshot], policies: dict[str, Policy], inventory_base: Path, fleet: Fleet
+    def prepare(self, policies: dict[str, Policy], inventory_base: Path) -> dict[str, Any]:
+        """Remember where relative source paths are resolved from (the inventory's directory); plan later."""
+        self.base = inventory_base
+        return {}
+
+    def observe(
+        self,
+        hosts: dict[str, Host],
+        snapshots: dict[str, HostSnapshot],
+        policies: dict[str, Policy],
+        store: StateStore | None,
+        prepared: dict[str, Any],
     ) -> dict[str, FleetBuild]:
         """Return each host's :class:`FleetBuild`, computed once per distinct policy against its builder.
 
-        The builder: the policy's ``build.builder``, else the first selected host in inventory order — the
-        same on a resumed run, where the builder may have finished already (its facts are then read here,
-        so a resume ships what was built instead of building again). Raises UsageError (exit 2) when the
-        builder is not in the inventory or cannot be read.
+        The builder: the policy's ``build.builder``; else the one phase 2's latest build records name (so a
+        resumed run, where the builder finished already, ships what was built instead of building again);
+        else the first planned host. A builder that is not being planned is read here. Raises UsageError
+        (exit 2) when it is not in the inventory or cannot be read.
         """
+        groups: dict[str, list[str]] = {}
+        for host in hosts:  # inventory order
+            groups.setdefault(policies[host].model_dump_json(), []).append(host)
+        out: dict[str, FleetBuild] = {}
+        for names in groups.values():
+            policy = policies[names[0]]
+            builder = policy.build.builder or _recorded_builder(store, names) or names[0]
+            snap = snapshots.get(builder) or self._read_builder(builder)
+            built = plan_fleet_build(policy, self.base, snap)
+            for name in names:
+                out[name] = built
+        return out
+
+    def _read_builder(self, builder: str) -> HostSnapshot:
+        """Return the facts of a builder that is not among the planned hosts (it finished phase 2 already)."""
         from ..facts import collect_many
         from ..inventory import load_fleet
 
-        groups: dict[str, list[str]] = {}
-        for host in sorted(policies):
-            groups.setdefault(policies[host].model_dump_json(), []).append(host)
-        out: dict[str, FleetBuild] = {}
-        for key, hosts in groups.items():
-            policy = policies[hosts[0]]
-            builder = policy.build.builder or next(
-                h.name for h in fleet.hosts if h.name in hosts or fleet.policy(h).model_dump_json() == key
+        try:
+            host = load_fleet(self.inventory, builder).hosts[0]
+        except UsageError:
+            raise UsageError(
+                f"phase 2's builder {builder} is not in the inventory",
+                hint="set acgs_policy.build.builder to an inventory host",
+            ) from None
+        read, unreachable = collect_many([host])
+        if unreachable:
+            raise UsageError(
+                f"phase 2's builder {builder} cannot be read: {unreachable[0].reason}",
+                hint="bring its engine back, or name another builder in acgs_policy.build.builder",
             )
-            snap = snapshots.get(builder)
-            if snap is None:
-                try:
-                    host = next((h for h in fleet.hosts if h.name == builder), None)
-                    host = host or load_fleet(fleet.source, builder).hosts[0]
-                except UsageError:
-                    raise UsageError(
-                        f"phase 2's builder {builder} (acgs_policy.build.builder) is not in the inventory",
-                        hint="set acgs_policy.build.builder to an inventory host",
-                    ) from None
-                read, unreachable = collect_many([host])
-                if unreachable:
-                    raise UsageError(
-                        f"phase 2's builder {builder} cannot be read: {unreachable[0].reason}",
-                        hint="bring its engine back, or name another builder in acgs_policy.build.builder",
-                    )
-                snap = read[builder]
-            built = plan_fleet_build(policy, inventory_base, snap)
-            for host_name in hosts:
-                out[host_name] = built
-        return out
+        return read[builder]
 
     def plan_host(self, snapshot: HostSnapshot, policy: Policy, prepared: Any) -> Phase2Plan:
         """Return ``plan_host_phase2`` of the host against its fleet's build plan."""
@@ -525,6 +538,18 @@ class Phase2(PhaseSpec[Phase2Plan]):
         if dry_run:
             return checked
         return [write_definition(d) for d in defs]
+
+
+def _recorded_builder(store: StateStore | None, hosts: list[str]) -> str | None:
+    """Return the builder phase 2's latest build record on one of ``hosts`` names, or None."""
+    if store is None:
+        return None
+    latest = None
+    for host in hosts:
+        for record in store.build_records(host)[:1]:  # newest first
+            if record.builder and (latest is None or record.finished_at > latest.finished_at):
+                latest = record
+    return latest.builder if latest is not None else None
 
 
 def json_key(data: dict[str, Any]) -> str:

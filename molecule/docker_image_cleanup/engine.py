@@ -1,6 +1,6 @@
 """A throw-away dockerd for the role's molecule scenario: start (by PID, under its own dir), seed, stop.
 
-Usage: python engine.py start|seed|stop DIR
+Usage: python engine.py start|seed|age|stop DIR
 The engine has no network (bridge off); images are built FROM scratch with busybox-static.
 """
 
@@ -75,6 +75,14 @@ def seed(d: Path) -> None:
     _docker(d, "run", "-d", "--init", "--name", "app", "--network", "none", "app:latest", "sleep", "3600")
 
 
+def age(d: Path) -> None:
+    """Date every image 30 days back on the engine (its image store file time: what hygiene reads as arrival)."""
+    content = d / "root" / "image" / "overlay2" / "imagedb" / "content" / "sha256"
+    when = time.time() - 30 * 86400
+    for path in content.iterdir():
+        os.utime(path, (when, when))
+
+
 def stop(d: Path) -> None:
     """Stop the dockerd started under ``d`` (by its PID) and remove ``d``."""
     pid_file = d / "dockerd.pid"
@@ -94,4 +102,4 @@ def stop(d: Path) -> None:
 
 
 if __name__ == "__main__":
-    {"start": start, "seed": seed, "stop": stop}[sys.argv[1]](Path(sys.argv[2]))
+    {"start": start, "seed": seed, "age": age, "stop": stop}[sys.argv[1]](Path(sys.argv[2]))

@@ -58,9 +58,19 @@ def test_a_plan_for_another_host_is_refused_before_touching_any_engine(tmp_path:
 def test_strings_are_converted_as_ansible_converts_them(tmp_path: Path) -> None:
     # An empty plan on an unreachable engine: nothing to remove, so nothing is asked of the engine.
     plan = {"host": "h1", "phase": "phase1", "planned_at": "2026-11-28T10:00:00+00:00", "actions": []}
-    rc, result = _run(tmp_path, {"host_name": "h1", "plan": json.dumps(plan), "tls": "no", "timeout": "5",
-                                 "prune_build_cache": "yes", "docker_host": "unix:///nonexistent.sock",
-                                 "_ansible_check_mode": True, "_ansible_diff": True})
+    rc, result = _run(
+        tmp_path,
+        {
+            "host_name": "h1",
+            "plan": json.dumps(plan),
+            "tls": "no",
+            "timeout": "5",
+            "prune_build_cache": "yes",
+            "docker_host": "unix:///nonexistent.sock",
+            "_ansible_check_mode": True,
+            "_ansible_diff": True,
+        },
+    )
     assert rc == 0, result
     assert result["changed"] is False
     assert result["plan_source"] == "given"
@@ -85,12 +95,26 @@ def test_the_plan_the_cli_sends_takes_the_light_path() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     plan = HostPlan(
-        host="h1", phase="phase1", planned_at=datetime.now(UTC), predicted_bytes=30,
+        host="h1",
+        phase="phase1",
+        planned_at=datetime.now(UTC),
+        predicted_bytes=30,
         actions=[
-            Action(kind="remove_image", reason="oversized", predicted_bytes=10, image_id="sha256:" + "a" * 64,
-                   tags=["big:latest"], category="oversized"),
-            Action(kind="remove_image", reason="dangling", predicted_bytes=20, image_id="sha256:" + "b" * 64,
-                   category="dangling"),
+            Action(
+                kind="remove_image",
+                reason="oversized",
+                predicted_bytes=10,
+                image_id="sha256:" + "a" * 64,
+                tags=["big:latest"],
+                category="oversized",
+            ),
+            Action(
+                kind="remove_image",
+                reason="dangling",
+                predicted_bytes=20,
+                image_id="sha256:" + "b" * 64,
+                category="dangling",
+            ),
             Action(kind="prune_build_cache", reason="over budget", keep_bytes=5),
             Action(kind="repair_build_file", reason="missing", service="pgc", path="/src/requirements.txt"),
         ],
@@ -101,3 +125,26 @@ def test_the_plan_the_cli_sends_takes_the_light_path() -> None:
     assert [(a.image_id, a.tags, a.predicted_bytes) for a in light.removals()] == [
         (a.image_id, a.tags, a.predicted_bytes) for a in plan.removals()
     ]
+
+
+def test_an_unknown_phase_is_refused_naming_the_choices(tmp_path: Path) -> None:
+    rc, result = _run(tmp_path, {"host_name": "h1", "phase": "phase9", "policy": {}})
+    assert rc == 1
+    assert result["msg"] == "value of phase must be one of: phase1, hygiene, got: phase9"
+
+
+def test_a_hygiene_plan_with_its_watermark_is_accepted(tmp_path: Path) -> None:
+    # The shape plan_hygiene dumps (with its watermark) is a valid plan for the module; an empty
+    # action list on an unreachable engine asks nothing of it.
+    plan = {
+        "host": "h1",
+        "phase": "hygiene",
+        "planned_at": "2026-11-28T10:00:00+00:00",
+        "actions": [],
+        "watermark": {"basis": "engine", "used_bytes": 10, "high_bytes": 5, "low_bytes": 1, "state": "above_high"},
+    }
+    rc, result = _run(
+        tmp_path, {"host_name": "h1", "phase": "hygiene", "plan": plan, "docker_host": "unix:///nonexistent.sock"}
+    )
+    assert rc == 0, result
+    assert result["plan_source"] == "given" and result["removed"] == []

@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # WANT_JSON
-"""Ansible module: apply one Docker host's phase-1 plan (image removals, build-cache prune) in one call.
+"""Ansible module: apply one Docker host's phase-1 or hygiene plan (image removals, build-cache prune) in one call.
 
 It is a "module that wants JSON" (the WANT_JSON marker above): Ansible runs it as a plain script with its
 arguments in a JSON file instead of wrapping it in AnsiballZ. Why: it runs once per host of a fleet, and the
@@ -14,12 +14,13 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: acgs_image_cleanup
-short_description: Apply a Docker host's phase-1 cleanup plan (remove images by ID, prune build cache)
+short_description: Apply a Docker host's phase-1 or hygiene plan (remove images by ID, prune build cache)
 description:
   - Applies the host's whole phase-1 plan in one invocation (few module calls per host, however many images).
-  - With O(plan) (what C(acgs-remediate phase1) passes) it applies exactly those actions. Without it, it
-    computes the plan itself from the engine's live facts and O(policy) with C(acgs_remediate.plan), the very
-    planner C(acgs-remediate plan phase1) shows.
+  - With O(plan) (what C(acgs-remediate phase1) or C(acgs-remediate hygiene) passes) it applies exactly those
+    actions. Without it, it computes the plan itself from the engine's live facts and O(policy) with the very
+    planner C(acgs-remediate plan phase1) (C(acgs_remediate.plan)) or C(acgs-remediate plan hygiene)
+    (C(acgs_remediate.hygiene), O(phase=hygiene)) shows.
   - Every removal is re-checked against the engine just before acting. An image that became used by a
     container (running or stopped), gained a tag, or now matches a protected pattern since the plan is
     skipped and reported, never removed. An image already gone is fine.
@@ -72,6 +73,14 @@ options:
     description: Apply the plan's build-cache prune.
     type: bool
     default: true
+  phase:
+    description:
+      - Which planner a standalone run (no O(plan)) uses. C(hygiene) keeps the host under the policy's
+        C(hygiene) watermarks, least recently used first; standalone it knows last use from the containers and
+        the engine's events of the last C(events_lookback) (no ledger).
+    type: str
+    choices: [phase1, hygiene]
+    default: phase1
 requirements:
   - acgs_remediate and the docker SDK importable by the module's Python (set ansible_python_interpreter to
     ansible_playbook_python); a given plan on a unix:// engine needs only the standard library.
@@ -244,7 +253,7 @@ class _Applier:
 # cost ~0.3 s of CPU per host, the bulk of a fleet run's time). A plan given in the shape HostPlan dumps
 # it needs neither; a unix:// engine is reached with http.client. Anything else takes the full path.
 
-_PLAN_KEYS = {"host", "phase", "planned_at", "actions", "protections", "predicted_bytes", "notes"}
+_PLAN_KEYS = {"host", "phase", "planned_at", "actions", "protections", "predicted_bytes", "notes", "watermark"}
 _ACTION_KEYS = {"kind", "reason", "predicted_bytes", "image_id", "tags", "category", "keep_bytes", "service", "path"}
 _KINDS = {"remove_image", "prune_build_cache", "repair_build_file"}
 
@@ -264,7 +273,7 @@ def _light_action(a: Any) -> SimpleNamespace | None:
     if not isinstance(a.get("reason"), str) or not _opt(pb, int) or pb is None:
         return None
     if not (_opt(a.get("image_id"), str) and _is_str_list(a.get("tags", [])) and _opt(a.get("keep_bytes"), int)
-            and a.get("category") in (None, "oversized", "dangling")
+            and a.get("category") in (None, "oversized", "dangling", "unused")
             and _opt(a.get("service"), str) and _opt(a.get("path"), str)):
         return None
     return SimpleNamespace(kind=a["kind"], image_id=a.get("image_id"), tags=list(a.get("tags", [])),
@@ -278,7 +287,8 @@ def _light_plan(data: Any) -> SimpleNamespace | None:
     if not (isinstance(data["host"], str) and isinstance(data["phase"], str) and isinstance(data["planned_at"], str)
             and _opt(data.get("predicted_bytes", 0), int) and data.get("predicted_bytes", 0) is not None
             and _is_str_list(data.get("notes", [])) and isinstance(data.get("actions", []), list)
-            and isinstance(data.get("protections", []), list)):
+            and isinstance(data.get("protections", []), list)
+            and (data.get("watermark") is None or isinstance(data["watermark"], dict))):
         return None
     try:
         datetime.fromisoformat(data["planned_at"])
@@ -435,6 +445,7 @@ _ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "policy": {"type": "dict"},
     "plan": {"type": "dict"},
     "prune_build_cache": {"type": "bool", "default": True},
+    "phase": {"type": "str", "default": "phase1", "choices": ["phase1", "hygiene"]},
 }
 _TRUE = {"yes", "on", "1", "true", "y", "t"}
 _FALSE = {"no", "off", "0", "false", "n", "f"}
@@ -494,6 +505,9 @@ class _ModuleArgs:
         missing = sorted(k for k, opt in spec.items() if opt.get("required") and raw.get(k) is None)
         if missing:
             self.fail_json(msg=f"missing required arguments: {', '.join(missing)}")
+        for name, opt in spec.items():
+            if "choices" in opt and raw.get(name) is not None and raw[name] not in opt["choices"]:
+                self.fail_json(msg=f"value of {name} must be one of: {', '.join(opt['choices'])}, got: {raw[name]}")
         self.params: dict[str, Any] = {}
         problems = []
         for name, opt in spec.items():
@@ -521,8 +535,26 @@ class _ModuleArgs:
         sys.exit(1)
 
 
+def _plan_hygiene_standalone(host: Any, snapshot: Any, policy: Any) -> Any:
+    """Return the hygiene plan from live facts alone: arrival from the engine, use from containers and events.
+
+    Without the CLI's ledger, the engine's events of the last ``events_lookback`` stand in for "since the
+    previous run" (the engine keeps a bounded buffer of them).
+    """
+    from datetime import timedelta, timezone
+
+    from acgs_remediate.facts import usage_signals
+    from acgs_remediate.hygiene import event_signals, last_used, plan_hygiene, with_arrivals
+
+    now = datetime.now(timezone.utc)
+    signals = usage_signals(host, snapshot, now - timedelta(seconds=policy.hygiene.events_lookback), now)
+    uses, arrivals = event_signals(snapshot, signals["events"])
+    snapshot = with_arrivals(snapshot, signals["imagedb"], arrivals, signals["tag_times"])
+    return plan_hygiene(snapshot, policy, last_used(snapshot, uses), now)
+
+
 def main() -> None:
-    """Apply (or, in check mode, report) the host's phase-1 plan."""
+    """Apply (or, in check mode, report) the host's phase-1 or hygiene plan."""
     module = _ModuleArgs(_ARGUMENT_SPEC, sys.argv)
     p = module.params
     docker_host = p["docker_host"]
@@ -571,7 +603,7 @@ def main() -> None:
             try:
                 host_plan = HostPlan.model_validate(p["plan"])
             except ValueError as exc:
-                module.fail_json(msg=f"the plan given for {host_name} is not a phase-1 plan: "
+                module.fail_json(msg=f"the plan given for {host_name} is not a {p['phase']} plan: "
                                      f"{str(exc).splitlines()[0]}")
                 return
         if host_plan.host != host_name:
@@ -596,7 +628,10 @@ def main() -> None:
 
             module.fail_json(msg=f"engine unreachable: {docker_host}: {describe_sdk_error(exc)}")
             return
-        host_plan = plan_phase1(snapshot, policy)
+        if p["phase"] == "hygiene":
+            host_plan = _plan_hygiene_standalone(host, snapshot, policy)
+        else:
+            host_plan = plan_phase1(snapshot, policy)
         source = "computed"
 
     try:
