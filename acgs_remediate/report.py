@@ -106,8 +106,8 @@ class OptimizedService(_Model):
     """One service's phase 2 result across the fleet, from its latest BuildRecord per host (bytes, seconds).
 
     ``size_before``: the image its release tag named when phase 2 first moved it (else the baseline's);
-    ``size_after``: the optimized image's; ``shrink``: before / after; ``released``/``hosts``: on how many hosts the release
-    tag names the optimized image, of the hosts with a record.
+    ``size_after``: the optimized image's; ``shrink``: before / after; ``released``/``hosts``: on how many
+    hosts the release tag names the optimized image, of the hosts with a record.
     """
 
     service: str
