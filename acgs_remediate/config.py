@@ -105,6 +105,66 @@ class Criteria(_Strict):
     build_time_max: Seconds = 300.0
 
 
+class HealthcheckSpec(_Strict):
+    """A compose healthcheck (what ``healthcheck:`` of a compose service holds); durations in seconds."""
+
+    test: list[str] | str
+    interval: Seconds = 30.0
+    timeout: Seconds = 30.0
+    start_period: Seconds = 0.0
+    retries: int = Field(3, ge=1)
+
+    def window(self) -> float:
+        """Return start_period + interval x retries (seconds): the shortest soak that sees a bad image fail."""
+        return self.start_period + self.interval * self.retries
+
+
+class DeployPolicy(_Strict):
+    """Phase 3's rollout: where the compose stack is, canary and batches, soak, what a failure does.
+
+    ``batch_size``: a host count (``2``) or a share of the fleet (``"25%"``, at least one host).
+    ``soak``: the least time (seconds) every service must stay healthy; the rollout always soaks at least
+    start_period + interval x retries of the slowest healthcheck (swarm's monitor-window pitfall).
+    ``failure_policy``: ``rollback_fleet`` (every host switched in the run goes back: the fleet never stays
+    on mixed versions), ``rollback_host`` (only the failed host), ``pause`` (the failed host goes back, the
+    rollout stops, the others stay switched).
+    """
+
+    compose_file: str = "infrastructure/docker/docker-compose.yml"  # relative to sources_root unless absolute
+    project: str | None = None  # compose project name; default: the file's ``name:``, else its directory
+    canary: int = Field(1, ge=0)
+    batch_size: int | str = "25%"
+    soak: Seconds = 0.0
+    timeout: Seconds = 120.0  # a host's services must be healthy within this (seconds), else it fails
+    failure_policy: Literal["rollback_fleet", "rollback_host", "pause"] = "rollback_fleet"
+    healthchecks: dict[str, HealthcheckSpec] = Field(default_factory=dict)  # compose service -> its check
+    one_shot: list[str] | None = None  # compose services that must exit 0; default: those with restart "no"
+    env: dict[str, str] = Field(default_factory=dict)  # variables the compose file is interpolated with
+
+    @model_validator(mode="after")
+    def _batch(self) -> DeployPolicy:
+        self.batch_count(1)  # raises on a bad value
+        return self
+
+    def batch_count(self, hosts: int) -> int:
+        """Return how many hosts one batch takes out of ``hosts`` (at least 1)."""
+        value = self.batch_size
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                if text.endswith("%"):
+                    pct = float(text[:-1])
+                    if not 0 < pct <= 100:
+                        raise ValueError
+                    return max(1, int(hosts * pct / 100))
+                value = int(text)
+            except ValueError:
+                raise ValueError(f"batch_size must be a host count or a percentage like '25%', not {text!r}") from None
+        if value < 1:
+            raise ValueError("batch_size must be at least 1 host")
+        return value
+
+
 def parse_watermark(value: Any) -> str:
     """Return a watermark written "85%" (of the data root's filesystem) or "20GB" (engine bytes), normalised.
 
@@ -194,6 +254,9 @@ class Policy(_Strict):
     wheelhouse: str | None = None
     build: BuildPolicy = Field(default_factory=BuildPolicy)
     criteria: Criteria = Field(default_factory=Criteria)
+    deploy: DeployPolicy = Field(default_factory=DeployPolicy)
+
+
     hygiene: Hygiene = Field(default_factory=Hygiene)
     # Where phase 2 pushes built images for the other hosts to pull ("host:port/namespace"); None ships
     # them engine to engine (export from the builder, load into each host).
@@ -217,6 +280,14 @@ class Policy(_Strict):
     def service_budget(self, service: ServicePolicy) -> int:
         """Return the size budget in bytes of ``service``."""
         return service.budget if service.budget is not None else self.size_cap
+
+    def compose_path(self, base: Path | None = None) -> Path:
+        """Return the absolute path of the compose file phase 3 deploys (sources_root is relative to ``base``)."""
+        root = Path(self.sources_root)
+        if not root.is_absolute() and base is not None:
+            root = base / root
+        path = Path(self.deploy.compose_file)
+        return path if path.is_absolute() else root / path
 
     def service_context(self, service: ServicePolicy, base: Path | None = None) -> Path:
         """Return the absolute build context of ``service`` (sources_root is relative to ``base``)."""

@@ -672,6 +672,30 @@ class LeanEngineAPI:
         )
         return self._json_lines(conn, resp)
 
+    # -- Containers (phase 3 hands a container made outside Compose over to it; acgs_remediate.rollout).
+
+    def _post(self, path: str, params: dict[str, str] | None = None, timeout: float | None = None) -> None:
+        conn, resp = self._stream("POST", path, params, timeout=timeout)
+        resp.read()
+        conn.close()
+
+    def stop(self, container: str, timeout: int | None = None) -> None:
+        params = {"t": str(timeout)} if timeout is not None else None
+        self._post(f"/containers/{urllib.parse.quote(container)}/stop", params,
+                   timeout=self.timeout + (timeout or 10))
+
+    def start(self, container: str) -> None:
+        self._post(f"/containers/{urllib.parse.quote(container)}/start")
+
+    def rename(self, container: str, name: str) -> None:
+        self._post(f"/containers/{urllib.parse.quote(container)}/rename", {"name": name})
+
+    def remove_container(self, container: str, v: bool = False, link: bool = False, force: bool = False) -> None:
+        params = {"v": "1" if v else "0", "force": "1" if force else "0"}
+        conn, resp = self._stream("DELETE", f"/containers/{urllib.parse.quote(container)}", params)
+        resp.read()
+        conn.close()
+
     def events(
         self, since: float, until: float, filters: dict[str, list[str]] | None = None
     ) -> list[dict[str, Any]]:

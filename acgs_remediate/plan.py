@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import Policy, ServicePolicy
+from .deploy import ROLLBACK_TAG_PREFIX
 from .models import ContainerFact, HostSnapshot, ImageFact
 from .units import human_size
 
@@ -199,6 +200,15 @@ def rollback_images(snapshot: HostSnapshot, policy: Policy) -> dict[str, str]:
         )
         for n, img in enumerate(older[: policy.rollback_keep], start=1):
             kept.setdefault(img.id, f"rollback: previous image #{n} of service {service.name}")
+    # Images a deployment retained for rollback carry REPO:rollback-<id12> of their service (phase 2 and 3
+    # tag them so; phase 3's rollback unit names them): they stay until phase 3's own cleanup lets them go.
+    repos = {_repository(s.image): s.name for s in policy.services}
+    for img in snapshot.images:
+        for tag in img.repo_tags:
+            repo, _, version = tag.rpartition(":")
+            if repo in repos and version.startswith(ROLLBACK_TAG_PREFIX):
+                kept.setdefault(img.id, f"rollback: retained image {tag} of service {repos[repo]}")
+                break
     return kept
 
 

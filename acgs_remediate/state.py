@@ -22,13 +22,19 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
+from .deploy import RollbackUnit
 from .errors import LockedError, UsageError
 from .models import Baseline, BuildRecord
 
-PhaseState = Literal["pending", "running", "succeeded", "failed", "interrupted"]
-PHASE_STATES: tuple[str, ...] = ("pending", "running", "succeeded", "failed", "interrupted")
+PhaseState = Literal["pending", "running", "succeeded", "failed", "interrupted", "rolled_back"]
+# "rolled_back": phase 3 switched the host, it failed its health gate (or the fleet's policy sent it back)
+# and it runs its recorded rollback unit again.
+PHASE_STATES: tuple[str, ...] = ("pending", "running", "succeeded", "failed", "interrupted", "rolled_back")
 # States a re-run must (re)do; "succeeded" is skipped unless forced.
-RETRY_STATES = frozenset({"pending", "failed", "interrupted"})
+RETRY_STATES = frozenset({"pending", "failed", "interrupted", "rolled_back"})
+# A rollback unit's life: recorded before the switch ("switching"), then "deployed" once the host passed its
+# gate, "rolled_back" once it went back to it, "rollback_failed" when going back did not come up healthy.
+UNIT_STATES: tuple[str, ...] = ("switching", "deployed", "rolled_back", "rollback_failed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS baselines (
@@ -93,6 +99,16 @@ CREATE TABLE IF NOT EXISTS phase_history (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS phase_history_host ON phase_history (host, phase, id);
+CREATE TABLE IF NOT EXISTS rollback_units (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL,
+    project TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rollback_units_host ON rollback_units (host, project, id);
 CREATE TABLE IF NOT EXISTS image_use (
     host TEXT NOT NULL,
     image_id TEXT NOT NULL,
@@ -260,6 +276,46 @@ class StateStore:
             "SELECT data FROM build_records WHERE host = ? ORDER BY finished_at DESC, id DESC", (host,)
         ).fetchall()
         return [BuildRecord.model_validate_json(r[0]) for r in rows]
+
+    # -- rollback units (phase 3) ----------------------------------------------------------
+
+    def add_rollback_unit(self, unit: RollbackUnit) -> int:
+        """Record ``unit`` (status ``switching``) before its host is switched; return its id."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO rollback_units (host, project, run_id, recorded_at, status, data) "
+                "VALUES (?, ?, ?, ?, 'switching', ?)",
+                (unit.host, unit.project, unit.run_id, _iso(unit.recorded_at), unit.model_dump_json()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def set_rollback_unit_status(self, unit_id: int, status: str) -> None:
+        """Set the status of rollback unit ``unit_id`` (one of UNIT_STATES)."""
+        if status not in UNIT_STATES:
+            raise ValueError(f"unknown rollback unit state {status!r}")
+        with self._tx() as db:
+            db.execute("UPDATE rollback_units SET status = ? WHERE id = ?", (status, unit_id))
+
+    def rollback_unit(self, unit_id: int) -> RollbackUnit:
+        """Return rollback unit ``unit_id``; raise KeyError when there is none."""
+        row = self._db.execute("SELECT data FROM rollback_units WHERE id = ?", (unit_id,)).fetchone()
+        if row is None:
+            raise KeyError(unit_id)
+        return RollbackUnit.model_validate_json(row[0])
+
+    def rollback_units(
+        self, host: str, project: str | None = None, statuses: Iterable[str] | None = None
+    ) -> list[tuple[int, str, RollbackUnit]]:
+        """Return ``(id, status, unit)`` of ``host``'s rollback units, newest first (optionally filtered)."""
+        sql = "SELECT id, status, data FROM rollback_units WHERE host = ?"
+        args: list[Any] = [host]
+        if project is not None:
+            sql += " AND project = ?"
+            args.append(project)
+        wanted = set(statuses) if statuses is not None else None
+        rows = self._db.execute(sql + " ORDER BY id DESC", args).fetchall()
+        return [(int(i), st, RollbackUnit.model_validate_json(d)) for i, st, d in rows
+                if wanted is None or st in wanted]
 
     # -- measurements ----------------------------------------------------------------------
 

@@ -48,6 +48,8 @@ _COMMAND_MODULES = {
     "plan": "phases",
     "phase1": "phases",
     "phase2": "phase2",
+    "phase3": "deploy",
+    "rollback": "deploy",
     "hygiene": "hygiene",
     "status": "phases",
     "verify": "verify",
