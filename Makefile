@@ -25,7 +25,8 @@ setup: system-deps venv
 
 # The Docker engine (docker.io gives dockerd 20.10), busybox-static and Debian's python3.11 for the
 # sandbox scenario's locally made base images (no registry is reachable), and Debian's docker-registry:
-# the sandbox runs its own registry on a 127.x address for phase 2 to ship images through.
+# the sandbox runs its own registry on a 127.x address for phase 2 to ship images through; openssh (ssh:// engines,
+# and the sandbox's sshd for `--transport ssh`) and openssl (the sandbox's TLS certificates).
 system-deps:
 	@missing=""; \
 	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
@@ -33,6 +34,9 @@ system-deps:
 	command -v docker-registry >/dev/null 2>&1 || missing="$$missing docker-registry"; \
 	[ -x /usr/bin/python3.11 ] || missing="$$missing python3.11"; \
 	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v ssh >/dev/null 2>&1 || missing="$$missing openssh-client"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "error: need$$missing; run as root (or install them) and retry" >&2; exit 2; fi; \
 	  echo "installing:$$missing"; \

@@ -1,7 +1,8 @@
 """Read-only facts: one Docker host's images, layers, containers, volumes and build cache.
 
-Everything here only reads the Engine API (docker SDK). The result is a typed, JSON round-trippable
-``HostSnapshot`` that the pure layers (analysis, plan, criteria) work from.
+Everything here only reads the Engine API, through the project's client (engine.py: unix://, tcp+TLS,
+ssh://). The result is a typed, JSON round-trippable ``HostSnapshot`` that the pure layers (analysis, plan,
+criteria) work from.
 
 Layer sizes: the engine gives each image's layer diff IDs (RootFS.Layers) but no per-layer size.
 We derive chain IDs (what the layer store keys layers by, so two images share a layer iff they share
@@ -15,21 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 import os
 import re
 import socket
-import ssl
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .engine import Endpoint, EngineAPI, EngineHTTPError, describe_failure
 from .resources import CACHE_ENV as CACHE_ENV  # re-exported: callers switch the layer cache with it
 from .resources import cache_dir
 
@@ -264,9 +263,7 @@ def layer_sizes_from_history(
     return result[:n_layers], exact
 
 
-def _resolve_entry(
-    entries: list[dict[str, Any]], i: int, layer_count: Callable[[str], int | None]
-) -> str | None:
+def _resolve_entry(entries: list[dict[str, Any]], i: int, layer_count: Callable[[str], int | None]) -> str | None:
     """Return "layer"/"meta" for entry ``i``: does its intermediate image have more layers than its parent?"""
     ident = str(entries[i].get("Id") or "")
     if not ident.startswith("sha256:"):
@@ -339,17 +336,14 @@ def _is_timeout(exc: BaseException) -> bool:
 
 
 def describe_error(exc: BaseException) -> str:
-    """Return a one-line reason for a failure talking to an engine (no traceback, no URL noise)."""
-    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
-        return "timed out waiting for the engine"
-    if isinstance(exc, EngineHTTPError):
-        return f"engine error {exc.status_code}: {exc.explanation}"
-    if isinstance(exc, ssl.SSLError):
-        return f"cannot connect: TLS: {exc.reason or exc}"
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return f"cannot connect: [Errno {exc.errno}] {exc.strerror}"
-    if isinstance(exc, http.client.HTTPException):
-        return f"cannot talk to the engine: {type(exc).__name__}: {str(exc)[:200]}"
+    """Return a one-line reason for a failure talking to an engine (no traceback, no URL noise).
+
+    Failures of the project's client (engine.py) are worded there; the docker SDK's (used where the SDK
+    stays, e.g. the sandbox's seeding) here.
+    """
+    module = type(exc).__module__ or ""
+    if not (module.startswith(("docker", "requests", "urllib3", "paramiko"))):
+        return describe_failure(exc)
     import requests
     from docker.errors import APIError, DockerException
 
@@ -369,7 +363,7 @@ def describe_error(exc: BaseException) -> str:
         text = str(exc)
         match = re.search(r"\[Errno \d+\] [^'\")]+", text)
         return f"cannot connect: {match.group(0)}" if match else text.splitlines()[0][:200]
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return describe_failure(exc)
 
 
 def _image_store(info: dict[str, Any]) -> str:
@@ -410,326 +404,6 @@ def _engine_fact(info: dict[str, Any], version: dict[str, Any], docker_host: str
         approximate=approximate,
         **fs,
     )
-
-
-class EngineHTTPError(Exception):
-    """A non-2xx answer of the engine to a read-only GET (status code and the engine's message)."""
-
-    def __init__(self, status_code: int, explanation: str) -> None:
-        super().__init__(f"{status_code}: {explanation}")
-        self.status_code = status_code
-        self.explanation = explanation
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class LeanEngineAPI:
-    """The few read-only Engine API GETs facts need, over plain http.client with kept-alive connections.
-
-    Why not the docker SDK here: a cold analyze makes ~90 GETs per host and the SDK (requests) spends
-    ~0.7 ms of CPU on each against ~0.13 ms for http.client — on 20 hosts that was 2 s of a 3.7 s run.
-    Only unix:// endpoints (the local engine, and the sandbox): tcp:// with TLS and ssh:// go through the
-    docker SDK, whose TLS and SSH handling we would otherwise have to re-implement and keep safe.
-    Method names and answers mirror docker.APIClient's, so ``_collect`` works with either.
-    """
-
-    def __init__(self, host: Host, timeout: float) -> None:
-        self.timeout = timeout
-        self._prefix = ""
-        self.api_version = ""  # from the first answer's Api-Version header (or /version)
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-        path = host.docker_host.removeprefix("unix://")
-        self._factory: Callable[[], http.client.HTTPConnection] = lambda: _UnixHTTPConnection(path, self.timeout)
-
-    @staticmethod
-    def supports(host: Host) -> bool:
-        """Return whether ``host``'s endpoint is one this client speaks (unix:// only)."""
-        return host.docker_host.startswith("unix://")
-
-    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with self._lock:
-            reused = bool(self._idle)
-            conn = self._idle.pop() if reused else self._factory()
-        try:
-            resp, body = self._send(conn, f"{self._prefix}{path}{query}")
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            conn.close()
-            if not reused:
-                raise
-            # A kept-alive connection the engine had closed: a GET is safe to send again, on a new one.
-            conn = self._factory()
-            try:
-                resp, body = self._send(conn, f"{self._prefix}{path}{query}")
-            except BaseException:
-                conn.close()
-                raise
-        except BaseException:
-            conn.close()
-            raise
-        if not self.api_version and resp.getheader("Api-Version"):
-            self.api_version = str(resp.getheader("Api-Version"))
-            self._prefix = f"/v{self.api_version}"
-        if resp.will_close:
-            conn.close()
-        else:
-            with self._lock:
-                self._idle.append(conn)
-        if resp.status >= 400:
-            try:
-                message = str(json.loads(body).get("message") or "")
-            except (ValueError, AttributeError):
-                message = body.decode(errors="replace").strip()
-            raise EngineHTTPError(resp.status, message or resp.reason)
-        return json.loads(body) if body else None
-
-    def _send(self, conn: http.client.HTTPConnection, target: str) -> tuple[http.client.HTTPResponse, bytes]:
-        conn.timeout = self.timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(self.timeout)
-        conn.request("GET", target)
-        resp = conn.getresponse()
-        return resp, resp.read()
-
-    def version(self) -> dict[str, Any]:
-        """Return the engine's API version, as /version names it.
-
-        Every engine answer carries it in its ``Api-Version`` header, so after any call no request is needed
-        (/info names the server version); before one, GET /version. Later calls use that API version, as the
-        SDK's "auto" does; calls made before it is known go unversioned, which the engine answers in it too.
-        """
-        if self.api_version:
-            return {"ApiVersion": self.api_version}
-        answer = self._get("/version")
-        if answer.get("ApiVersion"):
-            self.api_version = str(answer["ApiVersion"])
-            self._prefix = f"/v{self.api_version}"
-        return answer
-
-    def info(self) -> dict[str, Any]:
-        return self._get("/info")
-
-    def df(self) -> dict[str, Any]:
-        return self._get("/system/df")
-
-    def containers(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the SDK's name
-        return self._get("/containers/json", {"all": "1" if all else "0", "size": "0"})
-
-    def inspect_container(self, ident: str) -> dict[str, Any]:
-        return self._get(f"/containers/{urllib.parse.quote(ident)}/json")
-
-    def inspect_image(self, ident: str) -> dict[str, Any]:
-        return self._get(f"/images/{urllib.parse.quote(ident)}/json")
-
-    def history(self, ident: str) -> list[dict[str, Any]]:
-        return self._get(f"/images/{urllib.parse.quote(ident)}/history")
-
-    # -- Image transfer and tagging (phase 2 ships built images; acgs_remediate.builds). Same names and answers
-    # as docker.APIClient's, so builds works with this client on unix:// and with the SDK elsewhere. Each of
-    # these uses its own connection: their bodies stream and must not share a kept-alive one.
-
-    def _stream(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str] | None = None,
-        body: Iterable[bytes] | bytes | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send one request on a new connection; return it and its (unread) response. Raise EngineHTTPError."""
-        if not self.api_version:
-            self.version()
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        conn = self._factory()
-        conn.timeout = self.timeout if timeout is None else timeout
-        try:
-            # An iterable body without a length goes out chunked (http.client): nothing is buffered whole.
-            conn.request(method, f"{self._prefix}{path}{query}", body=body, headers=headers or {})
-            resp = conn.getresponse()
-        except BaseException:
-            conn.close()
-            raise
-        if resp.status >= 400:
-            raw = resp.read()
-            conn.close()
-            try:
-                message = str(json.loads(raw).get("message") or "")
-            except (ValueError, AttributeError):
-                message = raw.decode(errors="replace").strip()
-            raise EngineHTTPError(resp.status, message or resp.reason)
-        return conn, resp
-
-    def _json_lines(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> Iterator[Any]:
-        """Yield the decoded JSON messages of a progress stream (push, pull, load), then close."""
-        try:
-            buffer = b""
-            while True:
-                chunk = resp.read1(65536)
-                if not chunk:
-                    break
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        yield json.loads(line)
-            if buffer.strip():
-                yield json.loads(buffer)
-        finally:
-            conn.close()
-
-    def images(  # noqa: A002 - the SDK's names
-        self, name: str | None = None, quiet: bool = False, all: bool = False, filters: dict[str, Any] | None = None
-    ) -> list[dict[str, Any]]:
-        params = {"only_ids": "0", "all": "1" if all else "0"}
-        if filters:
-            params["filters"] = json.dumps({k: v if isinstance(v, list) else [v] for k, v in filters.items()})
-        if name:
-            params["filter"] = name
-        return self._get("/images/json", params)
-
-    def tag(self, image: str, repository: str, tag: str | None = None, force: bool = False) -> bool:
-        params = {"repo": repository, "tag": tag or "latest"}
-        conn, resp = self._stream("POST", f"/images/{urllib.parse.quote(image)}/tag", params)
-        resp.read()
-        conn.close()
-        return resp.status == 201
-
-    def remove_image(self, image: str, force: bool = False, noprune: bool = False) -> list[dict[str, Any]]:
-        params = {"force": "1" if force else "0", "noprune": "1" if noprune else "0"}
-        conn, resp = self._stream("DELETE", f"/images/{urllib.parse.quote(image)}", params)
-        raw = resp.read()
-        conn.close()
-        return json.loads(raw) if raw else []
-
-    def push(
-        self,
-        repository: str,
-        tag: str | None = None,
-        stream: bool = False,
-        auth_config: Any = None,
-        decode: bool = False,
-    ) -> Iterator[Any]:
-        # The engine wants an X-Registry-Auth header even for a registry without auth.
-        headers = {"X-Registry-Auth": "e30="}  # base64("{}")
-        conn, resp = self._stream(
-            "POST", f"/images/{urllib.parse.quote(repository)}/push", {"tag": tag or "latest"}, headers=headers
-        )
-        return self._json_lines(conn, resp)
-
-    def pull(
-        self,
-        repository: str,
-        tag: str | None = None,
-        stream: bool = False,
-        auth_config: Any = None,
-        decode: bool = False,
-    ) -> Iterator[Any]:
-        if tag is None and "@" in repository:
-            repository, tag = repository.split("@", 1)
-        headers = {"X-Registry-Auth": "e30="}
-        conn, resp = self._stream(
-            "POST", "/images/create", {"fromImage": repository, "tag": tag or "latest"}, headers=headers
-        )
-        return self._json_lines(conn, resp)
-
-    def get_image(self, image: str, chunk_size: int = 2 * 1024 * 1024) -> Iterator[bytes]:
-        """Yield the image's archive (what `docker save` writes) in chunks, straight off the socket."""
-        conn, resp = self._stream("GET", f"/images/{urllib.parse.quote(image)}/get")
-
-        def chunks() -> Iterator[bytes]:
-            try:
-                while True:
-                    chunk = resp.read(chunk_size)
-                    if not chunk:
-                        return
-                    yield chunk
-            finally:
-                conn.close()
-
-        return chunks()
-
-    def load_image(self, data: Iterable[bytes] | bytes, quiet: bool | None = None) -> Iterator[Any]:
-        """Send an image archive to POST /images/load (chunked when ``data`` is an iterable); yield its messages."""
-        params = {"quiet": "1" if quiet else "0"}
-        conn, resp = self._stream(
-            "POST", "/images/load", params, body=data, headers={"Content-Type": "application/x-tar"}
-        )
-        return self._json_lines(conn, resp)
-
-    # -- Containers (phase 3 hands a container made outside Compose over to it; acgs_remediate.rollout).
-
-    def _post(self, path: str, params: dict[str, str] | None = None, timeout: float | None = None) -> None:
-        conn, resp = self._stream("POST", path, params, timeout=timeout)
-        resp.read()
-        conn.close()
-
-    def stop(self, container: str, timeout: int | None = None) -> None:
-        params = {"t": str(timeout)} if timeout is not None else None
-        self._post(f"/containers/{urllib.parse.quote(container)}/stop", params,
-                   timeout=self.timeout + (timeout or 10))
-
-    def start(self, container: str) -> None:
-        self._post(f"/containers/{urllib.parse.quote(container)}/start")
-
-    def rename(self, container: str, name: str) -> None:
-        self._post(f"/containers/{urllib.parse.quote(container)}/rename", {"name": name})
-
-    def remove_container(self, container: str, v: bool = False, link: bool = False, force: bool = False) -> None:
-        params = {"v": "1" if v else "0", "force": "1" if force else "0"}
-        conn, resp = self._stream("DELETE", f"/containers/{urllib.parse.quote(container)}", params)
-        resp.read()
-        conn.close()
-
-    def events(
-        self, since: float, until: float, filters: dict[str, list[str]] | None = None
-    ) -> list[dict[str, Any]]:
-        """Return the engine's events between ``since`` and ``until`` (Unix seconds), oldest first.
-
-        With ``until`` set the engine answers the bounded window and ends the stream (newline-separated JSON).
-        """
-        params = {"since": f"{since:.9f}", "until": f"{until:.9f}"}
-        if filters:
-            params["filters"] = json.dumps(filters)
-        conn = self._factory()
-        try:
-            resp, body = self._send(conn, f"{self._prefix}/events?{urllib.parse.urlencode(params)}")
-        finally:
-            conn.close()
-        if resp.status >= 400:
-            raise EngineHTTPError(resp.status, body.decode(errors="replace").strip() or str(resp.reason))
-        decoder = json.JSONDecoder()
-        text, pos, out = body.decode(errors="replace"), 0, []
-        while pos < len(text):
-            while pos < len(text) and text[pos].isspace():
-                pos += 1
-            if pos >= len(text):
-                break
-            item, pos = decoder.raw_decode(text, pos)
-            out.append(item)
-        return out
-
-    def close(self) -> None:
-        """Close the kept-alive connections."""
-        with self._lock:
-            for conn in self._idle:
-                conn.close()
-            self._idle.clear()
 
 
 def collect(
@@ -782,10 +456,7 @@ def usage_signals(
     tag_times: dict[str, datetime] = {}
     with _engine_api(host, float(timeout if timeout is not None else host.timeout or 60.0)) as api:
         if since is not None and since < until:
-            if isinstance(api, LeanEngineAPI):
-                events = api.events(since.timestamp(), until.timestamp(), _HYGIENE_EVENT_FILTERS)
-            else:
-                events = list(api.events(since=since, until=until, filters=_HYGIENE_EVENT_FILTERS, decode=True))
+            events = api.events(since.timestamp(), until.timestamp(), _HYGIENE_EVENT_FILTERS)
         for img in snapshot.images:
             if img.id in imagedb:
                 continue
@@ -808,33 +479,22 @@ def disk_usage(host: Host, timeout: float | None = None) -> dict[str, Any]:
 
 
 def engine_api(host: Host, timeout: float | None = None) -> contextlib.AbstractContextManager[Any]:
-    """Return a context manager yielding ``host``'s Engine API client (lean on unix://, the docker SDK's else).
+    """Return a context manager yielding ``host``'s Engine API client (engine.EngineAPI, any endpoint).
 
-    Both answer with docker.APIClient's method names and shapes (phase 2's builds use them to tag, push, pull,
+    It answers with docker.APIClient's method names and shapes (phase 2's builds use them to tag, push, pull,
     export and load images).
     """
     return _engine_api(host, float(timeout if timeout is not None else host.timeout or 60.0))
 
 
 @contextlib.contextmanager
-def _engine_api(host: Host, timeout: float) -> Iterator[Any]:
-    """Yield the Engine API client for ``host``: the lean one for unix://, the docker SDK's otherwise."""
-    if LeanEngineAPI.supports(host):
-        lean = LeanEngineAPI(host, timeout)
-        try:
-            yield lean
-        finally:
-            lean.close()
-        return
-    import docker
-
-    kwargs = host.docker_client_kwargs()
-    kwargs["timeout"] = timeout
-    client = docker.DockerClient(**kwargs)
+def _engine_api(host: Host, timeout: float) -> Iterator[EngineAPI]:
+    """Yield the Engine API client for ``host`` (unix://, tcp:// with TLS, ssh://: see engine.py)."""
+    api = EngineAPI(Endpoint.of(host), timeout)
     try:
-        yield client.api
+        yield api
     finally:
-        client.close()
+        api.close()
 
 
 def _collect(
@@ -844,9 +504,8 @@ def _collect(
     # A few requests in flight overlap the engine's work with ours.
     cache = LayerCache.for_host(host)
     with ThreadPoolExecutor(max_workers=_PER_HOST_REQUESTS) as pool:
-        # The lean client reads the API version off /info's answer; the SDK asks /version.
-        lean = isinstance(api, LeanEngineAPI)
-        version_future = None if lean else pool.submit(api.version)
+        # The client learns the API version at first contact (/_ping's headers): no /version request.
+        version_future = None
         # /system/df, the one call that walks every layer, goes out with /info instead of after it. Its
         # timeout cannot wait for /info's image count: it allows the images of the last read (if any) and
         # many more; a host with more images than that whose df times out is asked again with its own.
@@ -1138,9 +797,7 @@ def _containers(api: Any, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _image_parents(api: Any) -> dict[str, str]:
     """Return image ID -> parent ID for every image with a parent, intermediate images included."""
-    return {
-        str(i["Id"]): str(i["ParentId"]) for i in api.images(all=True) or [] if i.get("Id") and i.get("ParentId")
-    }
+    return {str(i["Id"]): str(i["ParentId"]) for i in api.images(all=True) or [] if i.get("Id") and i.get("ParentId")}
 
 
 def _anonymous_volume(v: dict[str, Any]) -> bool:

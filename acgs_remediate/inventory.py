@@ -65,6 +65,10 @@ class Host:
     client_cert: str | None = None
     client_key: str | None = None
     timeout: float = 60.0
+    # ssh:// only: an ssh config file (ssh -F) instead of ssh's own (~/.ssh/config), and seconds allowed for
+    # first contact with the engine (ssh login or TCP connect, TLS, /_ping) before the host is unreachable.
+    ssh_config: str | None = None
+    connect_timeout: float = 10.0
     groups: tuple[str, ...] = ()
     vars: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -118,9 +122,7 @@ def resolve_inventory(path: str | os.PathLike[str] | None) -> Path:
         )
     p = Path(path).expanduser()
     if not p.exists():
-        raise UsageError(
-            f"inventory {p} does not exist", hint="pass -i with the path of an Ansible inventory"
-        )
+        raise UsageError(f"inventory {p} does not exist", hint="pass -i with the path of an Ansible inventory")
     return p.resolve()
 
 
@@ -199,9 +201,7 @@ def _load_with_ansible(source: Path, pattern: str) -> tuple[Fleet, bool]:
         name = str.__str__(ah.name)
         hv = variables.get_vars(host=ah, include_hostvars=False)
         hv = {
-            k: v
-            for k, v in hv.items()
-            if not k.startswith("ansible_") or k in ("ansible_host", "ansible_connection")
+            k: v for k, v in hv.items() if not k.startswith("ansible_") or k in ("ansible_host", "ansible_connection")
         }
         # ansible hands out its own str/int/dict subclasses (data tags, unsafe text); plain values make the
         # Fleet the same whether it came from ansible or from the cache. Anything else stays as ansible made it.
@@ -254,12 +254,17 @@ def _host_from_vars(name: str, hv: dict[str, Any], groups: tuple[str, ...]) -> H
         value = hv.get(key)
         return str(value) if value not in (None, "") else None
 
-    try:
-        timeout = float(hv.get("docker_timeout", 60))
-    except (TypeError, ValueError):
-        raise UsageError(
-            f"host {name}: docker_timeout must be a number of seconds, not {hv.get('docker_timeout')!r}"
-        ) from None
+    def seconds(key: str, default: float) -> float:
+        try:
+            value = float(hv.get(key, default))
+        except (TypeError, ValueError):
+            value = -1.0
+        if not value > 0:
+            raise UsageError(f"host {name}: {key} must be a positive number of seconds, not {hv.get(key)!r}")
+        return value
+
+    timeout = seconds("docker_timeout", 60)
+    connect_timeout = seconds("docker_connect_timeout", 10)
     docker_host = str(hv.get("docker_host") or DEFAULT_DOCKER_HOST)
     if not docker_host.startswith(("unix://", "tcp://", "ssh://", "http://", "https://", "npipe://")):
         raise UsageError(
@@ -275,6 +280,8 @@ def _host_from_vars(name: str, hv: dict[str, Any], groups: tuple[str, ...]) -> H
         client_cert=opt("docker_client_cert"),
         client_key=opt("docker_client_key"),
         timeout=timeout,
+        ssh_config=os.path.expanduser(opt("docker_ssh_config") or "") or None,
+        connect_timeout=connect_timeout,
         groups=groups,
         vars=dict(hv),
     )

@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from . import sandbox_transports as transports_mod
 from .errors import EngineError, EnvironmentProblem, UsageError
 
 Log = Callable[[str], None]
@@ -149,6 +150,7 @@ class _Engine:
     hostname: str  # the engine's name (/info Name); the services derive their 127.0.x.y from it
     cgroup_parent: str
     name: str = ""  # the inventory host name (sb-hNN); empty for the golden engine
+    extra_args: tuple[str, ...] = ()  # more listeners (sandbox_transports: TLS on a 127.x address)
 
     @property
     def root(self) -> Path:
@@ -216,6 +218,7 @@ class _Engine:
             "--userland-proxy=false",
             # Containers run with --init; a short grace keeps engine stops quick.
             "--shutdown-timeout=5",
+            *self.extra_args,
         ]
 
 
@@ -767,15 +770,19 @@ class Sandbox:
         """Return the hostname of host ``index`` in sandbox ``slot``: sb-h01 or sb-h<slot>01."""
         return f"{HOST_PREFIX}{index + 1:02d}" if slot == 0 else f"{HOST_PREFIX}{slot}{index + 1:02d}"
 
-    def _engine(self, index: int, slot: int | None = None) -> _Engine:
+    def _engine(self, index: int, slot: int | None = None, transports: list[str] | None = None) -> _Engine:
         digest = hashlib.sha1(str(self.directory).encode()).hexdigest()[:8]
-        if slot is None:
-            slot = int(self._state().get("slot", 0) or 0)
+        if slot is None or transports is None:
+            state = self._state()
+            slot = int(state.get("slot", 0) or 0) if slot is None else slot
+            transports = list(state.get("transports") or ["unix"]) if transports is None else transports
+        extra = transports_mod.tls_daemon_args(self.directory, index) if "tls" in transports else []
         return _Engine(
             self.directory / f"h{index + 1:02d}",
             self.engine_name(index, slot),
             f"acgs-{digest}-h{index + 1:02d}",
             self.host_name(index),
+            tuple(extra),
         )
 
     def _registry(self, state: dict[str, Any] | None = None) -> _Registry | None:
@@ -855,7 +862,8 @@ class Sandbox:
         if self.directory.exists() and not self.directory.is_dir():
             raise UsageError(f"{self.directory} exists and is not a directory", hint="pass another --dir")
         if self.directory.is_dir() and not self.state_path.exists():
-            ours = {STATE_FILE, "inventory.yml", "group_vars", "sources", "work", "registry"}
+            ours = {STATE_FILE, "inventory.yml", "group_vars", "sources", "work", "registry", "ssh", "tls"}
+            ours |= {f"inventory-{t}.yml" for t in transports_mod.TRANSPORTS}
             foreign = [
                 p.name
                 for p in self.directory.iterdir()
@@ -872,9 +880,7 @@ class Sandbox:
     def status(self, probe: bool = True) -> SandboxStatus:
         """Return what the recorded sandbox looks like now (engines probed over their sockets)."""
         state = self._state()
-        result = SandboxStatus(
-            self.directory, state.get("scenario"), state.get("content_hash"), state.get("created")
-        )
+        result = SandboxStatus(self.directory, state.get("scenario"), state.get("content_hash"), state.get("created"))
         reg = self._registry(state)
         if reg is not None:
             result.registry = reg.address
@@ -902,16 +908,25 @@ class Sandbox:
         return result
 
     def up(
-        self, hosts: int, scenario: str | None = "acgs-1", log: Log = _quiet, registry: bool = True
+        self,
+        hosts: int,
+        scenario: str | None = "acgs-1",
+        log: Log = _quiet,
+        registry: bool = True,
+        transport: str = "unix",
     ) -> SandboxStatus:
         """Start ``hosts`` engines (and a registry unless ``registry`` is False), write the inventory, seed
         ``scenario`` (None/"none": empty engines).
 
         The registry is Debian's docker-registry on 127.0.55.<slot+1>:5000, storage under D/registry; the
         inventory's ``acgs_policy.registry`` names it (``ADDRESS/acgs``) so phase 2 ships through it.
+        ``transport``: how the inventory reaches the engines: unix (sockets), ssh (a real sshd, see
+        sandbox_transports) or tls (dockerd --tlsverify on 127.x:2376), or a comma list of them: the first
+        writes D/inventory.yml, each writes D/inventory-<transport>.yml (the same engines, reached its way).
         """
         if not 1 <= hosts <= MAX_HOSTS:
             raise UsageError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
+        transports = transports_mod.parse_transports(transport)
         scen_name = None if scenario in (None, "", "none") else scenario
         check_environment()
         self._check_directory()
@@ -932,6 +947,8 @@ class Sandbox:
                     and state.get("content_hash") == content_hash
                     and state.get("state") == "up"
                     and bool(state.get("registry")) == registry
+                    and list(state.get("transports") or ["unix"]) == transports
+                    and ("ssh" not in transports or _pid_alive(int(state.get("sshd_pid") or 0) or -1))
                 )
                 if same and current.registry is not None and not current.registry_running:
                     engines_up = bool(current.hosts) and all(h.running for h in current.hosts)
@@ -953,7 +970,7 @@ class Sandbox:
                 log(f"replacing the sandbox in {self.directory}: {why}")
             if state or self.directory.is_dir():
                 self._teardown(log)
-            return self._create(hosts, scen_mod, scen, content_hash, log, registry)
+            return self._create(hosts, scen_mod, scen, content_hash, log, registry, transports)
 
     def down(self, log: Log = _quiet) -> None:
         """Stop every engine and remove the sandbox: no process, mount or cgroup is left behind."""
@@ -1051,9 +1068,7 @@ class Sandbox:
 
         with contextlib.ExitStack() as stack:
             if golden is not None:
-                stack.enter_context(
-                    _flock(golden[0].base.with_name(f"{golden[0].base.name}.lock"), shared=True)
-                )
+                stack.enter_context(_flock(golden[0].base.with_name(f"{golden[0].base.name}.lock"), shared=True))
             with ThreadPoolExecutor(max_workers=min(4, len(indexes)) or 1) as pool:
                 pids = list(pool.map(one, indexes))
         state = self._state()
@@ -1095,12 +1110,14 @@ class Sandbox:
         left = _mounts_under(self.directory)
         if left:
             raise EngineError(f"cannot unmount {left[0]}", hint="check what holds it with 'fuser -m'")
+        if (self.directory / "ssh").is_dir():
+            transports_mod.stop_sshd(transports_mod.SSHFiles(self.directory / "ssh"), state.get("sshd_pid"))
         bases = [self._engine(i).base for i in recorded]
-        for name in ("inventory.yml", STATE_FILE):
+        for name in ("inventory.yml", STATE_FILE, *(f"inventory-{t}.yml" for t in transports_mod.TRANSPORTS)):
             (self.directory / name).unlink(missing_ok=True)
         with ThreadPoolExecutor(max_workers=min(8, len(bases)) or 1) as pool:
             list(pool.map(lambda base: shutil.rmtree(base, ignore_errors=True), bases))
-        for name in ("group_vars", "sources", "work", "registry"):
+        for name in ("group_vars", "sources", "work", "registry", "ssh", "tls"):
             shutil.rmtree(self.directory / name, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.directory.rmdir()
@@ -1189,12 +1206,20 @@ class Sandbox:
             lock.unlink(missing_ok=True)
 
     def _create(
-        self, hosts: int, scen_mod: Any, scen: Any, content_hash: str | None, log: Log, registry: bool = True
+        self,
+        hosts: int,
+        scen_mod: Any,
+        scen: Any,
+        content_hash: str | None,
+        log: Log,
+        registry: bool = True,
+        transports: list[str] | None = None,
     ) -> SandboxStatus:
         t0 = time.monotonic()
+        transports = transports or ["unix"]
         self.directory.mkdir(parents=True, exist_ok=True)
         slot = self._claim_slot()
-        engines = [self._engine(i, slot) for i in range(hosts)]
+        engines = [self._engine(i, slot, transports) for i in range(hosts)]
         state: dict[str, Any] = {
             "version": 1,
             "state": "starting",
@@ -1202,17 +1227,23 @@ class Sandbox:
             "slot": slot,
             "scenario": scen.name if scen else None,
             "content_hash": content_hash,
+            "transports": transports,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "hosts": [
-                {"name": e.name, "engine_name": e.hostname, "docker_host": e.docker_host, "pid": None}
-                for e in engines
+                {"name": e.name, "engine_name": e.hostname, "docker_host": e.docker_host, "pid": None} for e in engines
             ],
             "registry": {"address": registry_address(slot), "pid": None} if registry else None,
         }
         # Recorded before anything starts, so a crash mid-way is found and cleaned by the next up/down.
         self._save_state(state)
+        if "tls" in transports:
+            log("making the TLS certificates (a CA, the engines', a client's)")
+            transports_mod.prepare_tls(self.directory, hosts)
+        if "ssh" in transports:
+            log("making the ssh keys and configs (one restricted key per host)")
+            transports_mod.prepare_ssh(self.directory, [(e.name, str(e.sock)) for e in engines])
         reg = self._registry(state)
-        self._write_inventory(engines, scen_mod, scen, log, reg)
+        self._write_inventory(engines, scen_mod, scen, log, reg, transports)
         if reg is not None:
             state["registry"]["pid"] = _start_registry(reg)
             self._save_state(state)
@@ -1236,6 +1267,11 @@ class Sandbox:
         with ThreadPoolExecutor(max_workers=min(20, hosts)) as pool:
             list(pool.map(lambda ep: _wait_ready(*ep), zip(engines, pids, strict=True)))
         log(f"{hosts} engines answer ({time.monotonic() - t0:.1f} s)")
+        if "ssh" in transports:
+            ssh_files = transports_mod.SSHFiles(self.directory / "ssh")
+            state["sshd_pid"] = transports_mod.start_sshd(ssh_files)
+            self._save_state(state)
+            log(f"sshd listens on {transports_mod.sshd_address(self.directory)}:{transports_mod.SSH_PORT}")
 
         if golden is not None:
 
@@ -1261,9 +1297,34 @@ class Sandbox:
         log(f"sandbox up: {hosts} hosts in {time.monotonic() - t0:.1f} s; inventory {self.inventory_path}")
         return result
 
+    def _endpoint_vars(self, index: int, engine: _Engine, transport: str) -> dict[str, Any]:
+        """Return the host variables that reach ``engine`` over ``transport``."""
+        if transport == "ssh":
+            files = transports_mod.SSHFiles(self.directory / "ssh")
+            return {"docker_host": f"ssh://{engine.name}", "docker_ssh_config": str(files.config)}
+        if transport == "tls":
+            tls = transports_mod.TLSFiles(self.directory / "tls")
+            address = transports_mod.engine_address(self.directory, index)
+            return {
+                "docker_host": f"tcp://{address}:{transports_mod.TLS_PORT}",
+                "docker_tls": True,
+                "docker_validate_certs": True,
+                "docker_ca_path": str(tls.ca),
+                "docker_client_cert": str(tls.client_cert),
+                "docker_client_key": str(tls.client_key),
+            }
+        return {"docker_host": engine.docker_host}
+
     def _write_inventory(
-        self, engines: list[_Engine], scen_mod: Any, scen: Any, log: Log, registry: _Registry | None = None
+        self,
+        engines: list[_Engine],
+        scen_mod: Any,
+        scen: Any,
+        log: Log,
+        registry: _Registry | None = None,
+        transports: list[str] | None = None,
     ) -> None:
+        transports = transports or ["unix"]
         bind = getattr(scen_mod, "bind_for_hostname", None) if scen is not None else None
         hosts: dict[str, dict[str, Any]] = {}
         for i, e in enumerate(engines):
@@ -1293,7 +1354,19 @@ class Sandbox:
             # Phase 2 ships images through it (engines treat 127.0.0.0/8 as an insecure registry).
             policy["registry"] = f"{registry.address}/{REGISTRY_NAMESPACE}"
         header = "# Written by 'acgs-remediate sandbox up'; removed by 'sandbox down'.\n"
-        _write_atomic(self.inventory_path, header + yaml.safe_dump(inventory, sort_keys=False))
+        for k, transport in enumerate(transports):
+            for i, e in enumerate(engines):
+                hosts[e.name].pop("docker_ssh_config", None)
+                for key in ("docker_tls", "docker_validate_certs", "docker_ca_path", "docker_client_cert"):
+                    hosts[e.name].pop(key, None)
+                hosts[e.name].pop("docker_client_key", None)
+                hosts[e.name].update(self._endpoint_vars(i, e, transport))
+            text = header + yaml.safe_dump(inventory, sort_keys=False)
+            if k == 0:
+                _write_atomic(self.inventory_path, text)
+            if len(transports) > 1 or transport != "unix":
+                # inventory-<transport>.yml reads the same group_vars (same directory).
+                _write_atomic(self.directory / f"inventory-{transport}.yml", text)
         gv = self.directory / "group_vars"
         gv.mkdir(exist_ok=True)
         _write_atomic(gv / "all.yml", header + yaml.safe_dump({"acgs_policy": policy}, sort_keys=False))

@@ -27,6 +27,7 @@ from typing import Any
 
 from acgs_remediate import analysis, facts, report
 from acgs_remediate.config import Policy
+from acgs_remediate.engine import Endpoint, EngineAPI
 from acgs_remediate.inventory import Host
 from acgs_remediate.sandbox import Sandbox
 
@@ -131,8 +132,7 @@ def bench_fleet(hosts: int, scenario: str, directory: Path, repeat: int) -> dict
         [
             sys.executable,
             "-c",
-            "import sys, acgs_remediate.cli; from acgs_remediate.inventory import load_fleet; "
-            "load_fleet(sys.argv[1])",
+            "import sys, acgs_remediate.cli; from acgs_remediate.inventory import load_fleet; load_fleet(sys.argv[1])",
             str(sb.inventory_path),
         ],
         check=True,
@@ -295,8 +295,8 @@ def bench_many_images(directory: Path, count: int) -> dict[str, Any]:
                         pass
                 load_seconds = time.monotonic() - t0
         host = Host(name="bench-2k", docker_host=docker_host, timeout=300)
-        # The client analyze itself uses for unix:// and tcp:// engines (http.client, not the SDK).
-        recorder = _RecordingAPI(facts.LeanEngineAPI(host, 300.0))
+        # The client analyze itself uses for every engine (http.client, not the SDK).
+        recorder = _RecordingAPI(EngineAPI(Endpoint.of(host), 300.0))
         t0 = time.perf_counter()
         facts._collect(recorder, host, 300.0)
         collect_seconds = time.perf_counter() - t0
@@ -410,13 +410,11 @@ def main() -> None:
             "",
             "Where analyze's time goes (measured separately, same fleet):",
             "",
-            f"- Python start-up + CLI import + inventory through ansible's loader (no cache): "
-            f"{fleet['startup']:.2f} s",
+            f"- Python start-up + CLI import + inventory through ansible's loader (no cache): {fleet['startup']:.2f} s",
             f"- facts from all {hosts} engines in-process, cold (`collect_many`, forks {hosts}): "
             f"{fleet['collect']:.2f} s",
             f"- pure analysis of all {hosts} snapshots: {fleet['pure']:.2f} s",
-            f"- load average when measured: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared "
-            "machine)",
+            f"- load average when measured: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine)",
             "",
         ]
     except Exception as exc:

@@ -68,16 +68,22 @@ def _table(st: SandboxStatus) -> Table:
 
 @sandbox_app.command("up")
 def up(
-    hosts: Annotated[
-        int, typer.Option("--hosts", "-n", min=1, max=99, help="Number of engines (hosts).")
-    ] = 3,
+    hosts: Annotated[int, typer.Option("--hosts", "-n", min=1, max=99, help="Number of engines (hosts).")] = 3,
     scenario: Annotated[
         str,
-        typer.Option(
-            "--scenario", "-s", help="Scenario to seed: acgs-1, a scenario path, or none (empty engines)."
-        ),
+        typer.Option("--scenario", "-s", help="Scenario to seed: acgs-1, a scenario path, or none (empty engines)."),
     ] = "acgs-1",
     directory: DirOpt = None,
+    transport: Annotated[
+        str,
+        typer.Option(
+            "--transport",
+            "-t",
+            help="How the inventory reaches the engines: unix (sockets), ssh (a real sshd on a 127.x address, "
+            "ssh://alias with an ssh config), tls (tcp://127.x:2376, --tlsverify, generated CA), or a comma list "
+            "(the first writes inventory.yml; each writes inventory-<transport>.yml).",
+        ),
+    ] = "unix",
     registry: Annotated[
         bool,
         typer.Option(
@@ -91,11 +97,15 @@ def up(
     sb = Sandbox(_dir(directory))
     progress = _Progress()
     with progress.status:
-        st = sb.up(hosts, None if scenario == "none" else scenario, log=progress, registry=registry)
+        st = sb.up(
+            hosts, None if scenario == "none" else scenario, log=progress, registry=registry, transport=transport
+        )
     err.print(_table(st))
     if st.registry:
         err.print(f"registry: {st.registry} (acgs_policy.registry in the inventory's group_vars)")
     err.print(f"inventory: {sb.inventory_path}")
+    for extra in sorted(sb.directory.glob("inventory-*.yml")):
+        err.print(f"inventory: {extra}")
     err.print(f"try: acgs-remediate analyze -i {sb.inventory_path}")
 
 

@@ -1,6 +1,8 @@
 """Fixtures for integration tests: one real sandbox fleet (3 dockerd engines, scenario acgs-1) per session.
 
 - ``sandbox`` (session): the shared fleet in $ACGS_TEST_SANDBOX_DIR or /var/lib/acgs-t (read-only tests).
+- ``remote_sandbox`` (session): another 3-host fleet whose engines are also reached over ssh:// (a real sshd)
+  and tcp:// with TLS, in $ACGS_TEST_SANDBOX_DIR + "x" (test_remote.py; the rest of the suite keeps unix://).
 - ``fresh_sandbox`` (function): the same fleet, put back to the freshly seeded state after the test, for
   tests that change hosts (a reseed takes a few seconds per host).
 
@@ -68,6 +70,23 @@ def sandbox() -> Iterator[Sandbox]:
     except RemediateError as exc:
         pytest.fail(f"sandbox up failed: {exc.message} ({exc.hint or 'see the dockerd logs'})", pytrace=False)
     _log(f"fleet ready in {time.monotonic() - t0:.1f} s: {sb.inventory_path}")
+    yield sb
+    if not os.environ.get(KEEP_ENV):
+        sb.down(log=_log)
+
+
+@pytest.fixture(scope="session")
+def remote_sandbox() -> Iterator[Sandbox]:
+    """Return a 3-host acgs-1 fleet reachable over ssh://, tcp+TLS and unix:// (inventory-<transport>.yml)."""
+    require_engines()
+    sb = Sandbox(Path(f"{shared_sandbox_dir()}x"))
+    was_up = sb.status().up
+    try:
+        sb.up(TEST_HOSTS, TEST_SCENARIO, log=_log, transport="ssh,tls,unix")
+        if was_up:
+            sb.reseed(log=_log)
+    except RemediateError as exc:
+        pytest.fail(f"sandbox up failed: {exc.message} ({exc.hint or 'see the logs'})", pytrace=False)
     yield sb
     if not os.environ.get(KEEP_ENV):
         sb.down(log=_log)

@@ -29,10 +29,13 @@ description:
   - The build cache is pruned down to the budget with the engine's keep-storage prune (API, not
     community.docker.docker_prune, which has no check mode).
   - Supports check mode (reports exactly what would be done, changes nothing) and diff mode.
-  - With O(plan) in the shape C(acgs_remediate.plan.HostPlan) dumps and a unix:// engine, the module needs
-    neither pydantic, the planner nor the docker SDK (it talks to the Engine API over the socket with
-    http.client, the same calls and answers); then O(policy) serves only the protected-pattern re-checks.
-    Any other plan shape is judged by C(HostPlan) itself, and ssh:// or tcp:// engines use the docker SDK.
+  - It talks to the engine with the project's own client (C(acgs_remediate.engine), standard library only):
+    unix://, tcp:// with TLS, and ssh:// (the C(ssh) binary running C(docker system dial-stdio) on the host,
+    as the docker CLI does, so the user's ~/.ssh/config applies; under C(acgs-remediate) it joins the
+    command's ssh connection instead of logging in again).
+  - With O(plan) in the shape C(acgs_remediate.plan.HostPlan) dumps, the module needs neither pydantic nor
+    the planner; then O(policy) serves only the protected-pattern re-checks. Any other plan shape is judged
+    by C(HostPlan) itself.
 options:
   host_name:
     description: Inventory name of the host (checked against the plan's host).
@@ -63,6 +66,13 @@ options:
     description: Engine API timeout in seconds.
     type: float
     default: 60
+  connect_timeout:
+    description: Seconds allowed for first contact with the engine (ssh login or TCP connect, TLS, ping).
+    type: float
+    default: 10
+  ssh_config:
+    description: For ssh:// engines, an ssh config file to use (C(ssh -F)) instead of ~/.ssh/config.
+    type: path
   policy:
     description: The C(acgs_policy) mapping. Required to plan; with O(plan), used to re-check protected patterns.
     type: dict
@@ -82,8 +92,9 @@ options:
     choices: [phase1, hygiene]
     default: phase1
 requirements:
-  - acgs_remediate and the docker SDK importable by the module's Python (set ansible_python_interpreter to
-    ansible_playbook_python); a given plan on a unix:// engine needs only the standard library.
+  - acgs_remediate importable by the module's Python (set ansible_python_interpreter to ansible_playbook_python);
+    a given plan needs only its standard-library client (C(acgs_remediate.engine)); ssh:// engines need the
+    C(ssh) client here and the docker CLI on the remote host.
 """
 
 RETURN = r"""
@@ -126,16 +137,13 @@ plan_source:
 """
 
 import fnmatch
-import http.client
 import json
 import os
-import socket
 import sys
 import time
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import quote, urlencode
 
 _NONE_TAG = "<none>:<none>"
 _RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
@@ -249,9 +257,8 @@ class _Applier:
         self.removed.append(entry)
 
 
-# --- The light path (why: one module process per host; importing pydantic, the planner and the docker SDK
-# cost ~0.3 s of CPU per host, the bulk of a fleet run's time). A plan given in the shape HostPlan dumps
-# it needs neither; a unix:// engine is reached with http.client. Anything else takes the full path.
+# --- The light path (why: one module process per host; importing pydantic and the planner cost ~0.3 s of
+# CPU per host, the bulk of a fleet run's time). A plan given in the shape HostPlan dumps needs neither.
 
 _PLAN_KEYS = {"host", "phase", "planned_at", "actions", "protections", "predicted_bytes", "notes", "watermark"}
 _ACTION_KEYS = {"kind", "reason", "predicted_bytes", "image_id", "tags", "category", "keep_bytes", "service", "path"}
@@ -320,103 +327,6 @@ class _Patterns:
         return None
 
 
-class _APIError(Exception):
-    """An Engine API error answer (what docker.errors.APIError carries that the applier uses)."""
-
-    def __init__(self, status_code: int, explanation: str) -> None:
-        super().__init__(f"{status_code}: {explanation}")
-        self.status_code = status_code
-        self.explanation = explanation
-
-
-class _NotFound(_APIError):
-    """A 404 answer."""
-
-
-_LIGHT_ERRORS = SimpleNamespace(APIError=_APIError, NotFound=_NotFound)
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._unix_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class _UnixAPI:
-    """The five Engine API calls the applier makes (docker.APIClient's names), over a unix socket."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    def _call(self, method: str, url: str, params: dict[str, Any] | None = None) -> Any:
-        if params:
-            url += "?" + urlencode(params)
-        conn = _UnixConnection(self.path, self.timeout)
-        try:
-            conn.request(method, url, headers={"Host": "docker"})
-            resp = conn.getresponse()
-            body = resp.read()
-        finally:
-            conn.close()
-        data: Any = None
-        if body:
-            try:
-                data = json.loads(body)
-            except ValueError:
-                data = body.decode("utf-8", "replace")
-        if resp.status >= 400:
-            explanation = data.get("message", "") if isinstance(data, dict) else str(data or resp.reason)
-            raise (_NotFound if resp.status == 404 else _APIError)(resp.status, explanation)
-        return data
-
-    def images(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - docker.APIClient's name
-        """List images (GET /images/json)."""
-        return self._call("GET", "/images/json", {"only_ids": 0, "all": int(all)}) or []
-
-    def containers(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002
-        """List containers, stopped ones too with all=True (GET /containers/json)."""
-        return self._call("GET", "/containers/json", {"limit": -1, "all": int(all), "size": 0, "trunc_cmd": 0}) or []
-
-    def inspect_image(self, ref: str) -> dict[str, Any]:
-        """Inspect one image by ID or tag."""
-        return self._call("GET", f"/images/{quote(ref, safe='/:')}/json")
-
-    def remove_image(self, ref: str, force: bool = False, noprune: bool = False) -> Any:
-        """Delete one image or tag (DELETE /images/{ref})."""
-        return self._call("DELETE", f"/images/{quote(ref, safe='/:')}", {"force": int(force), "noprune": int(noprune)})
-
-    def prune_builds(self, keep_storage: int | None = None, all: bool = False) -> Any:  # noqa: A002
-        """Prune the build cache (POST /build/prune)."""
-        params: dict[str, Any] = {}
-        if keep_storage is not None:
-            params["keep-storage"] = keep_storage
-        if all:
-            params["all"] = 1
-        return self._call("POST", "/build/prune", params)
-
-
-def _light_describe(exc: BaseException) -> str:
-    """Return the one-line reason facts.describe_error gives for the same failure over the docker SDK."""
-    if isinstance(exc, TimeoutError):
-        return "timed out waiting for the engine"
-    if isinstance(exc, _APIError):
-        return f"engine error {exc.status_code}: {exc.explanation or exc}"
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return f"cannot connect: [Errno {exc.errno}] {exc.strerror}"
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-
-
 def _prune_cache(api: Any, errors: Any, keep_bytes: int) -> int:
     """Prune build cache down to ``keep_bytes`` (retrying 'prune already running'); return bytes freed."""
     for delay in (*_RETRY_DELAYS, None):
@@ -442,6 +352,8 @@ _ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "client_cert": {"type": "path"},
     "client_key": {"type": "path"},
     "timeout": {"type": "float", "default": 60.0},
+    "connect_timeout": {"type": "float", "default": 10.0},
+    "ssh_config": {"type": "path"},
     "policy": {"type": "dict"},
     "plan": {"type": "dict"},
     "prune_build_cache": {"type": "bool", "default": True},
@@ -558,7 +470,7 @@ def main() -> None:
     module = _ModuleArgs(_ARGUMENT_SPEC, sys.argv)
     p = module.params
     docker_host = p["docker_host"]
-    # A plan of HostPlan's shape and a local engine need no pydantic, planner or docker SDK (see above).
+    # A plan of HostPlan's shape needs no pydantic or planner (see above).
     host_plan: Any = _light_plan(p["plan"]) if p["plan"] else None
     policy: Any = None
     raw_policy = p["policy"]
@@ -566,27 +478,27 @@ def main() -> None:
         # With a given plan the policy only serves the protected-pattern re-checks (whoever made the plan
         # validated the whole policy: the CLI does, before planning).
         policy = _Patterns(list(raw_policy.get("protected_patterns", []))) if raw_policy else None
-        light = docker_host.startswith("unix://")
+        light = True
     else:
         host_plan = None
         light = False
     try:
+        from acgs_remediate.engine import EngineAPI, Endpoint, EngineHTTPError, EngineNotFound, describe_failure
+
         if not light or not p["plan"]:
             from acgs_remediate.config import parse_policy
             from acgs_remediate.errors import RemediateError
             from acgs_remediate.inventory import Host
-        if not light:
-            import docker
-            from docker import errors
-
-            from acgs_remediate.facts import describe_error
     except ImportError as exc:
-        module.fail_json(msg=f"acgs_remediate/docker not importable by this module's Python: {exc}; "
+        module.fail_json(msg=f"acgs_remediate not importable by this module's Python: {exc}; "
                              "set ansible_python_interpreter to '{{ ansible_playbook_python }}'")
         return
-    if light:
-        errors = _LIGHT_ERRORS
-        describe_error = _light_describe
+    errors = SimpleNamespace(APIError=EngineHTTPError, NotFound=EngineNotFound)
+    endpoint = Endpoint(
+        url=docker_host, tls=p["tls"], validate_certs=p["validate_certs"], ca_path=p["ca_path"],
+        client_cert=p["client_cert"], client_key=p["client_key"], ssh_config=p["ssh_config"],
+        connect_timeout=p["connect_timeout"],
+    )
 
     if host_plan is None and raw_policy:
         try:
@@ -620,13 +532,12 @@ def main() -> None:
         host = Host(
             name=host_name, docker_host=docker_host, tls=p["tls"], validate_certs=p["validate_certs"],
             ca_path=p["ca_path"], client_cert=p["client_cert"], client_key=p["client_key"], timeout=p["timeout"],
+            ssh_config=p["ssh_config"], connect_timeout=p["connect_timeout"],
         )
         try:
             snapshot = collect(host)
         except Exception as exc:  # an engine down is this host's failure, in one line
-            from acgs_remediate.facts import describe_error as describe_sdk_error
-
-            module.fail_json(msg=f"engine unreachable: {docker_host}: {describe_sdk_error(exc)}")
+            module.fail_json(msg=f"engine unreachable: {docker_host}: {describe_failure(exc)}")
             return
         if p["phase"] == "hygiene":
             host_plan = _plan_hygiene_standalone(host, snapshot, policy)
@@ -635,14 +546,7 @@ def main() -> None:
         source = "computed"
 
     try:
-        if light:
-            api: Any = _UnixAPI(docker_host.removeprefix("unix://"), p["timeout"])
-        else:
-            api = docker.APIClient(**Host(
-                name=host_name, docker_host=docker_host, tls=p["tls"], validate_certs=p["validate_certs"],
-                ca_path=p["ca_path"], client_cert=p["client_cert"], client_key=p["client_key"],
-                timeout=p["timeout"],
-            ).docker_client_kwargs())
+        api = EngineAPI(endpoint, p["timeout"])
         applier = _Applier(api, errors, policy, module.check_mode)
         before = {a.image_id: a.tags for a in host_plan.removals()}
         for action in host_plan.removals():
@@ -659,7 +563,7 @@ def main() -> None:
     except Exception as exc:
         # Engine gone mid-run (or another engine error): this host fails; what was done is reported.
         module.fail_json(
-            msg=f"engine error on {docker_host}: {describe_error(exc)}",
+            msg=f"engine error on {docker_host}: {describe_failure(exc)}",
             removed=applier.removed if "applier" in locals() else [],
             skipped_images=applier.skipped if "applier" in locals() else [],
         )

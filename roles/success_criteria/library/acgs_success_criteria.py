@@ -43,6 +43,13 @@ options:
     description: Engine API timeout in seconds.
     type: float
     default: 60
+  connect_timeout:
+    description: Seconds allowed for first contact with the engine (ssh login or TCP connect, TLS, ping).
+    type: float
+    default: 10
+  ssh_config:
+    description: For ssh:// engines, an ssh config file to use (C(ssh -F)) instead of ~/.ssh/config.
+    type: path
   policy:
     description: The C(acgs_policy) mapping (thresholds, services, size cap).
     type: dict
@@ -91,6 +98,8 @@ def main() -> None:
             "client_cert": {"type": "path"},
             "client_key": {"type": "path"},
             "timeout": {"type": "float", "default": 60.0},
+            "connect_timeout": {"type": "float", "default": 10.0},
+            "ssh_config": {"type": "path"},
             "policy": {"type": "dict", "required": True},
             "state_path": {"type": "path"},
         },
@@ -118,6 +127,7 @@ def main() -> None:
     host = Host(
         name=p["host"], docker_host=p["docker_host"], tls=p["tls"], validate_certs=p["validate_certs"],
         ca_path=p["ca_path"], client_cert=p["client_cert"], client_key=p["client_key"], timeout=p["timeout"],
+        ssh_config=p["ssh_config"], connect_timeout=p["connect_timeout"],
     )
     store_path = state_path(Path(p["state_path"]) if p["state_path"] else None)
     baseline, records = None, []

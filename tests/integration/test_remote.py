@@ -1,0 +1,308 @@
+"""ssh:// and tcp:// with TLS against real engines: the same answers as unix://, and clear refusals.
+
+The fleet (``remote_sandbox``, its own session fixture so the rest of the suite keeps unix://) exposes each
+engine three ways: a unix socket, ``ssh://sb-hNN`` through a real sshd on a 127.x address (port 2222, one
+restricted key per host whose forced command is ``docker -H unix://... system dial-stdio``, an ssh config
+with one alias per host) and ``tcp://127.x:2376`` with ``--tlsverify`` and a CA made at ``sandbox up``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import TEST_HOSTS, _log, shared_sandbox_dir
+
+from acgs_remediate.sandbox import Sandbox
+from acgs_remediate.sandbox_transports import SSH_PORT, engine_address, make_ca, sshd_address
+
+pytestmark = pytest.mark.integration
+
+CLI = str(Path(sys.executable).parent / "acgs-remediate")
+DB_URL = "postgresql://acgs:s3cret@127.0.0.1:5432/acgs"
+
+
+def _inventory(sb: Sandbox, transport: str) -> str:
+    return str(sb.directory / f"inventory-{transport}.yml")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "ACGS_DATABASE_URL")}
+    env.update({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", "NO_COLOR": "1"})
+    env.update({"COLUMNS": "200", **extra})
+    return env
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI (stdin closed, not a terminal)."""
+    return subprocess.run(
+        [CLI, *args],
+        capture_output=True,
+        text=True,
+        env=_env(DATABASE_URL=DB_URL),
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert proc.stdout.strip(), proc.stderr
+    return json.loads(proc.stdout)
+
+
+_LOCAL_ONLY = {"collected_at", "fs_total_bytes", "fs_used_bytes", "fs_free_bytes", "fs_total", "fs_used", "fs_free"}
+
+
+def _comparable(value: Any) -> Any:
+    """Drop what only differs by when and from where it was read (statfs exists only for a local socket)."""
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items() if k not in _LOCAL_ONLY}
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def _analyze(sb: Sandbox, transport: str, state: Path) -> dict[str, Any]:
+    proc = run_cli("analyze", "-i", _inventory(sb, transport), "--state", str(state), "--format", "json")
+    assert proc.returncode in (0, 1), proc.stderr
+    doc = _json(proc)
+    assert doc["summary"]["unreachable"] == 0, doc
+    # The baseline part names when each run's own state store recorded it: the findings are what must agree.
+    return {
+        h["analysis"]["host"]: _comparable({"analysis": h["analysis"], "status": h["status"]}) for h in doc["hosts"]
+    }
+
+
+def test_analyze_over_ssh_and_tls_equals_unix(remote_sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = remote_sandbox
+    unix = _analyze(sb, "unix", tmp_path / "unix.db")
+    # Each host's own engine answers (the hosts differ: engine IDs, and a per-host scenario variant).
+    assert len({json.dumps(h, sort_keys=True) for h in unix.values()}) == TEST_HOSTS
+    for transport in ("ssh", "tls"):
+        assert _analyze(sb, transport, tmp_path / f"{transport}.db") == unix, transport
+
+
+def _phase1(sb: Sandbox, transport: str, state: Path, plan: Path) -> dict[str, dict[str, Any]]:
+    args = ["phase1", "-i", _inventory(sb, transport), "--state", str(state), "--plan", str(plan), "--yes"]
+    proc = run_cli(*args, "--format", "json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {h["host"]: h for h in _json(proc)["hosts"]}
+
+
+def _verify(sb: Sandbox, transport: str, state: Path) -> dict[str, Any]:
+    proc = run_cli("verify", "-i", _inventory(sb, transport), "--state", str(state), "--format", "json")
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    doc = _json(proc)
+    return {host: {c["id"]: (c["status"], c.get("value")) for c in criteria} for host, criteria in doc["hosts"].items()}
+
+
+def test_phase1_and_verify_over_ssh_and_tls_do_what_unix_does(remote_sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = remote_sandbox
+    try:
+        for transport in ("ssh", "tls"):
+            # The plan made over the unix sockets, saved, and applied over this transport: exactly it must
+            # happen, each host's removals on its own engine (a saved plan fixes the set: no clock involved).
+            plan_file = tmp_path / f"plan-{transport}.json"
+            proc = run_cli("plan", "phase1", "-i", _inventory(sb, "unix"), "-o", str(plan_file), "--format", "json")
+            assert proc.returncode == 0, proc.stderr
+            plans = _json(proc)["plans"]
+            planned = {
+                p["host"]: sorted(a["image_id"] for a in p["actions"] if a["kind"] == "remove_image") for p in plans
+            }
+            assert all(planned.values())
+            state = tmp_path / f"{transport}.db"
+            run_cli("analyze", "-i", _inventory(sb, transport), "--state", str(state), "--format", "json")
+            ran = _phase1(sb, transport, state, plan_file)
+            assert sorted(ran) == sorted(planned)
+            for host, ids in planned.items():
+                assert ran[host]["status"] == "succeeded", (transport, ran[host])
+                assert sorted(r["id"] for r in ran[host]["removed_images"]) == ids, (transport, host)
+                assert ran[host]["measured_freed"] == ran[host]["predicted_bytes"], (transport, host)
+            # verify over this transport and over the unix sockets agree, host by host and criterion by criterion.
+            assert _verify(sb, transport, state) == _verify(sb, "unix", state), transport
+            if transport == "ssh":
+                sb.reseed(log=_log)
+    finally:
+        sb.reseed(log=_log)
+
+
+def _write_inventory(path: Path, hosts: dict[str, dict[str, Any]]) -> Path:
+    path.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
+    return path
+
+
+def _alias_config(sb: Sandbox, tmp_path: Path, alias: str, port: int, key_of: str = "sb-h01") -> Path:
+    """Write an ssh config as an operator would: an alias naming address, Port, User, key, known_hosts."""
+    ssh = sb.directory / "ssh"
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host {alias}\n"
+        f"    HostName {sshd_address(sb.directory)}\n"
+        f"    Port {port}\n"
+        "    User root\n"
+        f"    IdentityFile {ssh / f'{key_of}.key'}\n"
+        "    IdentitiesOnly yes\n"
+        f"    UserKnownHostsFile {ssh / 'known_hosts'}\n"
+    )
+    return config
+
+
+def _unreachable_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in (proc.stderr + proc.stdout).splitlines() if line.startswith("unreachable: ")]
+
+
+def test_an_ssh_alias_with_a_non_default_port_is_honoured(remote_sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = remote_sandbox
+    config = _alias_config(sb, tmp_path, "prod-docker-1", SSH_PORT)
+    inv = _write_inventory(
+        tmp_path / "inv.yml",
+        {"prod-docker-1": {"docker_host": "ssh://prod-docker-1", "docker_ssh_config": str(config)}},
+    )
+    proc = run_cli("analyze", "-i", str(inv), "--state", str(tmp_path / "s.db"), "--format", "json")
+    assert proc.returncode in (0, 1), proc.stderr
+    doc = _json(proc)
+    assert doc["summary"]["unreachable"] == 0
+    # The alias led to the engine of the key's host (sb-h01), on port 2222 (not ssh's default 22).
+    unix = _analyze(sb, "unix", tmp_path / "u.db")["sb-h01"]
+    assert _comparable(doc["hosts"][0]["analysis"])["engine"] == unix["analysis"]["engine"]
+
+
+def test_refused_and_failed_ssh_logins_are_one_clear_line_each(remote_sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = remote_sandbox
+    refused = _alias_config(sb, tmp_path, "db-1", SSH_PORT + 1)  # nothing listens there
+    (tmp_path / "k").mkdir()
+    wrong_key = tmp_path / "k" / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)], check=True)
+    badkey = tmp_path / "badkey_config"
+    badkey.write_text(
+        refused.read_text()
+        .replace(f"Port {SSH_PORT + 1}", f"Port {SSH_PORT}")
+        .replace(str(sb.directory / "ssh" / "sb-h01.key"), str(wrong_key))
+    )
+    inv = _write_inventory(
+        tmp_path / "inv.yml",
+        {
+            "db-1": {"docker_host": "ssh://db-1", "docker_ssh_config": str(refused)},
+            "db-2": {"docker_host": "ssh://db-1", "docker_ssh_config": str(badkey)},
+            "good": {"docker_host": "ssh://sb-h02", "docker_ssh_config": str(sb.directory / "ssh" / "config")},
+        },
+    )
+    proc = run_cli("analyze", "-i", str(inv), "--state", str(tmp_path / "s.db"))
+    assert proc.returncode == 3, proc.stderr  # partial: the good host was analysed
+    lines = _unreachable_lines(proc)
+    assert len(lines) == 2, proc.stderr
+    refused_line = next(line for line in lines if "db-1:" in line)
+    assert "Connection refused" in refused_line and f"port {SSH_PORT + 1}" in refused_line
+    assert "check the host and port" in refused_line
+    badkey_line = next(line for line in lines if "db-2:" in line)
+    assert "Permission denied" in badkey_line and "key" in badkey_line
+    # Nothing else from ssh, and no socket noise.
+    output = proc.stderr + proc.stdout
+    assert "Broken pipe" not in output and "Errno 32" not in output
+    assert output.count("Connection refused") == 1 and output.count("Permission denied") == 1
+
+
+def test_first_contact_with_a_silent_host_fails_within_its_connect_timeout(tmp_path: Path) -> None:
+    # A listener that accepts and never answers, like a frozen engine: first contact must not wait for the
+    # long per-call timeout (docker_timeout), only for docker_connect_timeout.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        inv = _write_inventory(
+            tmp_path / "inv.yml",
+            {"frozen": {"docker_host": f"tcp://127.0.0.1:{port}", "docker_timeout": 600, "docker_connect_timeout": 1}},
+        )
+        t0 = time.monotonic()
+        proc = run_cli("analyze", "-i", str(inv), "--state", str(tmp_path / "s.db"), timeout=120)
+        elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        thread.join()
+        for s in held:
+            s.close()
+        listener.close()
+    assert proc.returncode == 3, proc.stderr
+    (line,) = _unreachable_lines(proc)
+    assert "no answer within 1 s" in line and "docker_connect_timeout" in line
+    assert elapsed < 60  # far below docker_timeout (600 s); the CLI's own start-up is most of it
+
+
+def test_tls_with_a_wrong_ca_or_no_client_certificate_is_refused(remote_sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = remote_sandbox
+    tls = sb.directory / "tls"
+    other_ca, _key = make_ca(tmp_path / "other", "other-ca")
+    address = engine_address(sb.directory, 0)
+    base = {"docker_host": f"tcp://{address}:2376", "docker_validate_certs": True}
+    client = {"docker_client_cert": str(tls / "cert.pem"), "docker_client_key": str(tls / "key.pem")}
+    inv = _write_inventory(
+        tmp_path / "inv.yml",
+        {
+            "wrong-ca": {**base, "docker_ca_path": str(other_ca), **client},
+            "no-client-cert": {**base, "docker_ca_path": str(tls / "ca.pem")},
+            "right": {**base, "docker_ca_path": str(tls / "ca.pem"), **client},
+        },
+    )
+    proc = run_cli("analyze", "-i", str(inv), "--state", str(tmp_path / "s.db"))
+    assert proc.returncode == 3, proc.stderr  # the right one was analysed
+    lines = _unreachable_lines(proc)
+    assert len(lines) == 2, proc.stderr
+    wrong = next(line for line in lines if "wrong-ca:" in line)
+    assert "certificate is not trusted" in wrong and str(other_ca) in wrong and "docker_ca_path" in wrong
+    missing = next(line for line in lines if "no-client-cert:" in line)
+    assert "refused our client certificate" in missing and "docker_client_cert" in missing
+    # A plain tcp:// client on the TLS port is told to turn TLS on.
+    plain = _write_inventory(tmp_path / "plain.yml", {"plain": {"docker_host": f"tcp://{address}:2376"}})
+    proc = run_cli("analyze", "-i", str(plain), "--state", str(tmp_path / "p.db"))
+    (line,) = _unreachable_lines(proc)
+    assert "speaks TLS" in line and "docker_tls" in line
+
+
+def _processes_naming(text: str) -> list[str]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{entry}: {cmdline[:120]}")
+    return found
+
+
+def test_sandbox_down_ends_the_sshd_and_leaves_nothing(engines_available: None, tmp_path: Path) -> None:
+    sb = Sandbox(Path(f"{shared_sandbox_dir()}d"))
+    try:
+        sb.up(1, None, log=_log, transport="ssh,tls")
+        inventory = sb.directory / "inventory-ssh.yml"
+        proc = run_cli("analyze", "-i", str(inventory), "--state", str(tmp_path / "s.db"), "--format", "json")
+        assert proc.returncode in (0, 1) and _json(proc)["summary"]["unreachable"] == 0, proc.stderr
+        assert _processes_naming(f"{sb.directory}/ssh/sshd_config"), "the sshd should run while the sandbox is up"
+    finally:
+        sb.down(log=_log)
+    assert not sb.directory.exists()
+    assert _processes_naming(str(sb.directory)) == []
