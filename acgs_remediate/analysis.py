@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import Policy
 from .models import Baseline, ContainerFact, EngineFact, HostSnapshot, ImageFact
+
+if TYPE_CHECKING:
+    from .plan import RemovalDecision
 from .units import human_size
 
 
@@ -104,7 +107,10 @@ def naive_bytes(snapshot: HostSnapshot, image_ids: Iterable[str]) -> int:
 
 
 def dangling_images(snapshot: HostSnapshot) -> list[ImageFact]:
-    """Return the untagged images (``docker images -f dangling=true``), oldest first."""
+    """Return the dangling images (no tag AND no digest: ``models.is_dangling``), oldest first.
+
+    Not what ``docker images -f dangling=true`` lists: that filter also lists images pulled by digest.
+    """
     return sorted((i for i in snapshot.images if i.dangling), key=lambda i: (i.created, i.id))
 
 
@@ -124,10 +130,46 @@ def image_layer_bytes(snapshot: HostSnapshot) -> int:
     return sum(snapshot.layer_sizes.get(c, 0) for c in chains)
 
 
+class CachePrune(NamedTuple):
+    """What a keep-storage prune of the build cache down to a budget frees (``build_cache_prune``)."""
+
+    total_bytes: int  # cache bytes on disk: records marked Shared left out (their bytes stay with an image)
+    freed_bytes: int
+    record_ids: list[str]
+
+
+def build_cache_prune(snapshot: HostSnapshot, budget: int) -> CachePrune:
+    """Return what pruning the build cache down to ``budget`` bytes frees: THE cache accounting.
+
+    ``analyze``'s savings row, the plan's prune action and the cleanup module's standalone plan all use this
+    one function (issue 9: two accountings drifted to twice the real bytes). The engine's keep-storage prune
+    (``POST /build/prune?keep-storage=N&all=1``) deletes records not in use, least recently used first, until
+    the cache fits. A record marked Shared is a snapshot an image's layer also holds: deleting it frees
+    nothing, so it counts neither in the total nor in what is freed. Measured on dockerd 20.10 with BuildKit:
+    a two-stage build copying a 4 MB file between stages frees the unshared bytes only.
+    """
+    records = [r for r in snapshot.build_cache if not r.shared]
+    total = sum(r.size for r in records)
+    if total <= budget:
+        return CachePrune(total, 0, [])
+    oldest_first = sorted(
+        (r for r in records if not r.in_use),
+        key=lambda r: (r.last_used or r.created or snapshot.collected_at, r.id),
+    )
+    remaining, freed, ids = total, 0, []
+    for record in oldest_first:
+        if remaining <= budget:
+            break
+        remaining -= record.size
+        freed += record.size
+        ids.append(record.id)
+    return CachePrune(total, freed, ids)
+
+
 def storage_bytes(snapshot: HostSnapshot) -> dict[str, int]:
     """Return bytes on disk per category: images (layers once), build_cache, volumes (and their total)."""
     images = image_layer_bytes(snapshot)
-    build_cache = sum(b.size for b in snapshot.build_cache if not b.shared)
+    build_cache = build_cache_prune(snapshot, 0).total_bytes
     volumes = sum(v.size or 0 for v in snapshot.volumes)
     total = images + build_cache + volumes
     return {"images": images, "build_cache": build_cache, "volumes": volumes, "total": total}
@@ -186,8 +228,10 @@ class OversizedFinding(_Finding):
     reason: str
     source: Literal["policy", "service", "cap"]
     containers: list[ContainerRef] = Field(default_factory=list)
-    protected_by: str | None = None
-    candidate: bool = False  # present, listed by the policy, unused, unprotected: phase 1 removes it
+    protected_by: str | None = None  # the protected pattern matching one of its names
+    # Phase 1 removes it: exactly the plan's decision (plan.decide_removals), shared by plan and analyze.
+    candidate: bool = False
+    kept_because: list[str] = Field(default_factory=list)  # why phase 1 keeps a policy-named image
     freed_alone: int = 0  # bytes removing only this image frees
 
     @property
@@ -258,6 +302,7 @@ class BuildCacheSummary(_Finding):
     shared_bytes: int
     budget: int
     over_budget_bytes: int
+    prune_freed_bytes: int = 0  # what a prune down to the budget frees (whole records; = the plan's prediction)
 
 
 class VolumeUse(_Finding):
@@ -335,12 +380,27 @@ def _cap_priority(ratio: float) -> str:
     return "CRITICAL" if ratio >= 50 else "HIGH" if ratio >= 10 else "MEDIUM" if ratio >= 2 else "LOW"
 
 
-def oversized_findings(snapshot: HostSnapshot, policy: Policy) -> list[OversizedFinding]:
+def _pattern(policy: Policy, img: ImageFact) -> str | None:
+    return next((p for p in (policy.is_protected(n) for n in img.names) if p), None)
+
+
+def _decision(snapshot: HostSnapshot, policy: Policy) -> RemovalDecision:
+    from .plan import decide_removals  # plan builds on this module; the decision is one, shared
+
+    return decide_removals(snapshot, policy)
+
+
+def oversized_findings(
+    snapshot: HostSnapshot, policy: Policy, decision: RemovalDecision | None = None
+) -> list[OversizedFinding]:
     """Return oversized images: the policy's list (present or not), services over budget, others over the cap.
 
-    Only the policy's listed images are removal candidates (when present, unused and unprotected);
-    images over a budget or the cap are reported so that someone rebuilds them.
+    Only the policy's listed images are removal candidates, and exactly those phase 1 removes
+    (``plan.decide_removals``, ``decision`` when already made): ``kept_because`` says why the others stay.
+    Images over a budget or the cap are reported so that someone rebuilds them.
     """
+    decision = decision or _decision(snapshot, policy)
+    removed = set(decision.ids("oversized"))
     used = images_in_use(snapshot)
     alone = freed_alone(snapshot)
     findings: list[OversizedFinding] = []
@@ -366,7 +426,7 @@ def oversized_findings(snapshot: HostSnapshot, policy: Policy) -> list[Oversized
             continue
         seen.add(img.id)
         containers = _refs(snapshot, img.id, used)
-        protected = next((p for p in (policy.is_protected(t) for t in img.repo_tags) if p), None)
+        protected = _pattern(policy, img)
         findings.append(
             OversizedFinding(
                 ref=item.ref,
@@ -380,7 +440,8 @@ def oversized_findings(snapshot: HostSnapshot, policy: Policy) -> list[Oversized
                 source="policy",
                 containers=containers,
                 protected_by=protected,
-                candidate=not containers and protected is None,
+                candidate=img.id in removed,
+                kept_because=[] if img.id in removed else list(decision.protections.get(img.id, [])),
                 freed_alone=alone.get(img.id, 0),
             )
         )
@@ -403,7 +464,7 @@ def oversized_findings(snapshot: HostSnapshot, policy: Policy) -> list[Oversized
                 reason=f"service {service.name} over its {human_size(budget)} budget",
                 source="service",
                 containers=_refs(snapshot, img.id, used),
-                protected_by=next((p for p in (policy.is_protected(t) for t in img.repo_tags) if p), None),
+                protected_by=_pattern(policy, img),
                 freed_alone=alone.get(img.id, 0),
             )
         )
@@ -423,7 +484,7 @@ def oversized_findings(snapshot: HostSnapshot, policy: Policy) -> list[Oversized
                 reason=f"over the {human_size(policy.size_cap)} cap",
                 source="cap",
                 containers=_refs(snapshot, img.id, used),
-                protected_by=next((p for p in (policy.is_protected(t) for t in img.repo_tags) if p), None),
+                protected_by=_pattern(policy, img),
                 freed_alone=alone.get(img.id, 0),
             )
         )
@@ -528,7 +589,8 @@ def service_images(snapshot: HostSnapshot, policy: Policy) -> list[ServiceImage]
 
 def build_cache_summary(snapshot: HostSnapshot, policy: Policy) -> BuildCacheSummary:
     """Return build cache usage against ``policy.build_cache_budget``."""
-    total = sum(b.size for b in snapshot.build_cache if not b.shared)
+    prune = build_cache_prune(snapshot, policy.build_cache_budget)
+    total = prune.total_bytes
     return BuildCacheSummary(
         records=len(snapshot.build_cache),
         total_bytes=total,
@@ -536,6 +598,7 @@ def build_cache_summary(snapshot: HostSnapshot, policy: Policy) -> BuildCacheSum
         shared_bytes=sum(b.size for b in snapshot.build_cache if b.shared),
         budget=policy.build_cache_budget,
         over_budget_bytes=max(0, total - policy.build_cache_budget),
+        prune_freed_bytes=prune.freed_bytes,
     )
 
 
@@ -562,7 +625,8 @@ def analyze(snapshot: HostSnapshot, policy: Policy) -> HostAnalysis:
     used = images_in_use(snapshot)
     alone = freed_alone(snapshot)
     storage = storage_bytes(snapshot)
-    oversized = oversized_findings(snapshot, policy)
+    decision = _decision(snapshot, policy)
+    oversized = oversized_findings(snapshot, policy, decision)
     dangling = dangling_summary(snapshot)
     services = service_images(snapshot, policy)
     cache = build_cache_summary(snapshot, policy)
@@ -583,9 +647,10 @@ def analyze(snapshot: HostSnapshot, policy: Policy) -> HostAnalysis:
         else:
             unused.append(row.model_copy(update={"freed_alone": alone.get(img.id, 0)}))
 
-    over_ids = [f.image_id for f in oversized if f.candidate and f.image_id]
-    dangling_ids = [d.image_id for d in dangling.images if not d.containers]
-    both = list(dict.fromkeys(over_ids + dangling_ids))
+    # Exactly the plan's removals (one decision): what the savings rows promise is what phase 1 does.
+    over_ids = decision.ids("oversized")
+    dangling_ids = decision.ids("dangling")
+    both = decision.ids()
     savings = [
         SavingsRow(
             action="Remove unused oversized images",
@@ -597,7 +662,7 @@ def analyze(snapshot: HostSnapshot, policy: Policy) -> HostAnalysis:
         SavingsRow(
             action="Remove dangling images",
             image_ids=dangling_ids,
-            freed_bytes=dangling.freed_bytes,
+            freed_bytes=reclaimable_bytes(snapshot, dangling_ids),
             naive_bytes=naive_bytes(snapshot, dangling_ids),
             impact="Immediate",
         ),
@@ -609,12 +674,12 @@ def analyze(snapshot: HostSnapshot, policy: Policy) -> HostAnalysis:
             impact="Immediate",
         ),
     ]
-    if cache.over_budget_bytes:
+    if cache.prune_freed_bytes:
         savings.append(
             SavingsRow(
                 action="Prune build cache down to its budget",
-                freed_bytes=cache.over_budget_bytes,
-                naive_bytes=cache.over_budget_bytes,
+                freed_bytes=cache.prune_freed_bytes,
+                naive_bytes=cache.prune_freed_bytes,
                 impact="Immediate",
             )
         )

@@ -246,7 +246,8 @@ class Policy(_Strict):
     protected_patterns: list[str] = Field(default_factory=list)
     rollback_keep: int = Field(2, ge=0)
     dangling_min_age: Seconds = 3600.0
-    # Images created (built or pulled) more recently than this are never candidates.
+    # Images that ARRIVED on the engine (built, pulled, loaded) more recently than this are never candidates;
+    # the age counts from arrival (ImageFact.arrived_at), never from Created; an unknown arrival counts as fresh.
     fresh_min_age: Seconds = 3600.0
     build_cache_budget: Bytes = 5_000_000_000
     services: list[ServicePolicy] = Field(default_factory=list)

@@ -10,6 +10,11 @@ a chain ID) and take sizes from the image history, where every entry that produc
 that layer's size. History also lists metadata-only steps (ENV, CMD, ...) with size 0; telling those
 apart from real empty layers is a heuristic, so when the count does not match the layer count the
 snapshot says it is approximate instead of guessing silently.
+
+Arrival ("fresh" is measured from it, never from Created): each image's ``arrived_at`` comes from the most
+exact evidence the engine gives (``_arrivals``): the image store's config file time on a local engine, else
+the image's LastTagTime, else the engine's recent image events. The state store's ledger is the last
+evidence, added by the orchestration (``StateStore.note_arrivals``); an image none of them dates has none.
 """
 
 from __future__ import annotations
@@ -497,6 +502,107 @@ def _engine_api(host: Host, timeout: float) -> Iterator[EngineAPI]:
         api.close()
 
 
+# How far back the engine's events are asked for (the engine itself keeps only its last ~256 events, in memory).
+_EVENTS_WINDOW = 7 * 86400
+# Image events that mean "this image arrived (or was named) here now".
+_ARRIVAL_ACTIONS = {"pull", "load", "import", "tag", "build", "commit"}
+
+
+def _imagedb_arrivals(
+    data_root: str, driver: str, image_ids: list[str], docker_host: str
+) -> dict[str, datetime]:
+    """Return image ID -> when its config was written to the engine's image store (the arrival), or {}.
+
+    The engine writes ``<data-root>/image/<driver>/imagedb/content/sha256/<id>`` once, when the image arrives
+    (build, pull, load, import; checked on dockerd 20.10) and never rewrites it. Only for an engine whose data
+    root this machine sees (unix:// socket), and only when EVERY listed image is found there: a data root
+    that is not the engine's (a socket mounted into a container) must not lend its times.
+    """
+    if not docker_host.startswith("unix://") or not data_root or not driver or not image_ids:
+        return {}
+    base = Path(data_root) / "image" / driver / "imagedb" / "content" / "sha256"
+    found: dict[str, datetime] = {}
+    for image_id in image_ids:
+        try:
+            mtime = (base / image_id.removeprefix("sha256:")).stat().st_mtime
+        except OSError:
+            return {}
+        found[image_id] = datetime.fromtimestamp(mtime, tz=UTC)
+    return found
+
+
+def _event_arrivals(events: list[dict[str, Any]], images: list[dict[str, Any]]) -> dict[str, datetime]:
+    """Return image ID -> the LATEST pull/load/import/tag/build event naming it (a younger age is the safe side).
+
+    An event names an image by ID or by the reference it was pulled/tagged as; references resolve through the
+    images' current tags and digests.
+    """
+    by_ref: dict[str, str] = {}
+    for item in images:
+        for ref in [*_normalise_tags(item.get("RepoTags")), *_normalise_digests(item.get("RepoDigests"))]:
+            by_ref[ref] = item["Id"]
+    ids = {item["Id"] for item in images}
+    found: dict[str, datetime] = {}
+    for event in events:
+        if (event.get("Type") or event.get("type")) != "image":
+            continue
+        if str(event.get("Action") or event.get("status") or "") not in _ARRIVAL_ACTIONS:
+            continue
+        actor = event.get("Actor") or {}
+        refs = [str(actor.get("ID") or event.get("id") or ""), str((actor.get("Attributes") or {}).get("name") or "")]
+        image_id = next((r if r in ids else by_ref.get(r) for r in refs if r in ids or r in by_ref), None)
+        when = _ts(event.get("timeNano") / 1e9 if event.get("timeNano") else event.get("time"))
+        if image_id is None or when is None:
+            continue
+        if image_id not in found or when > found[image_id]:
+            found[image_id] = when
+    return found
+
+
+def _arrivals(
+    api: Any, images: list[dict[str, Any]], engine: EngineFact, docker_host: str, now: datetime,
+    inspect: Callable[[str], dict[str, Any] | None],
+) -> dict[str, tuple[datetime, str]]:
+    """Return image ID -> (arrival time, source) from the engine, most exact evidence first.
+
+    1. ``imagedb``: the image config's mtime in the engine's image store (local engines, graph drivers).
+    2. ``last_tag_time``: the image's Metadata.LastTagTime when set (zero after a load).
+    3. ``events``: the engine's recorded image events (pull, load, import, tag, build), bounded in time.
+    The state store's ledger (first time this tool saw the image) comes last, added by the caller
+    (``HostSnapshot.with_ledger``). An image none of them knows has no arrival: planning treats it as fresh.
+    """
+    ids = [item["Id"] for item in images]
+    result: dict[str, tuple[datetime, str]] = {}
+    if engine.image_store == "graphdriver":
+        for image_id, when in _imagedb_arrivals(engine.data_root, engine.storage_driver, ids, docker_host).items():
+            result[image_id] = (when, "imagedb")
+    missing = [i for i in ids if i not in result]
+    if not missing:
+        return result
+    with ThreadPoolExecutor(max_workers=_PER_HOST_REQUESTS) as pool:
+        inspected = list(pool.map(inspect, missing))
+    for image_id, info in zip(missing, inspected, strict=True):
+        when = _ts(((info or {}).get("Metadata") or {}).get("LastTagTime"))
+        if when is not None and when > _EPOCH:
+            result[image_id] = (when, "last_tag_time")
+    missing = [i for i in ids if i not in result]
+    if not missing:
+        return result
+    until = int(now.timestamp()) + 1
+    try:
+        filters = {"type": ["image"]}
+        if isinstance(api, LeanEngineAPI):
+            events: Any = api.events(until - _EVENTS_WINDOW, until, filters)
+        else:
+            events = api.events(since=until - _EVENTS_WINDOW, until=until, filters=filters, decode=True)
+        found = _event_arrivals(list(events), [i for i in images if i["Id"] in missing])
+    except Exception:  # one piece of evidence: without it the ledger decides, or the image counts as fresh
+        found = {}
+    for image_id, when in found.items():
+        result[image_id] = (when, "events")
+    return result
+
+
 def _collect(
     api: Any, host: Host, base_timeout: float, memo: FleetMemo | None = None, parents: bool = True
 ) -> HostSnapshot:
@@ -585,6 +691,17 @@ def _collect(
     from .models import BuildCacheFact, ContainerFact, HostSnapshot, ImageFact, VolumeFact
 
     engine = _engine_fact(info, version, host.docker_host)
+
+    def inspect_or_none(image_id: str) -> dict[str, Any] | None:
+        try:
+            return api.inspect_image(image_id)
+        except Exception as exc:
+            if _not_found(exc):
+                return None
+            raise
+
+    arrivals = _arrivals(api, [item for item, _ in raw_images], engine, host.docker_host, collected_at,
+                         inspect_or_none)
     images: list[ImageFact] = []
     # Newest first like `docker images`, ties by ID: the engine's own order varies between calls.
     raw_images.sort(key=lambda pair: (-int(pair[0].get("Created") or 0), pair[0]["Id"]))
@@ -602,6 +719,8 @@ def _collect(
                 layers=layers,
                 labels=dict(item.get("Labels") or {}),
                 parent_id=str(item.get("ParentId") or ""),
+                arrived_at=arrivals[item["Id"]][0] if item["Id"] in arrivals else None,
+                arrival_source=arrivals[item["Id"]][1] if item["Id"] in arrivals else "",
             )
         )
 

@@ -41,7 +41,7 @@ from .plan import (
     WatermarkState,
     _human_age,
     _protection_reasons,
-    _without_blocked_parents,
+    _without_bases_of_kept,
     plan_build_cache,
     rollback_images,
 )
@@ -321,14 +321,13 @@ def plan_hygiene(
     while True:
         chosen, kept_reasons = _select(snapshot, dangling, unused, uses, mark, cache_bytes, now)
         removals = [(img, why, cat) for img, why, cat in chosen]
-        ordered, blocked = _without_blocked_parents(snapshot, removals)  # type: ignore[arg-type]
+        ordered, blocked = _without_bases_of_kept(snapshot, removals)  # type: ignore[arg-type]
         if not blocked:
             break
-        for img, children in blocked:
-            protections[img.id] = [
-                f"parent of image(s) that stay ({', '.join(children[:3])}): the engine refuses "
-                "to delete an image with dependent child images, and a removal is never forced"
-            ]
+        for img, reason in blocked:
+            # "parent of image(s) that stay (...)" (classic child) or "base of image(s) that stay (...)" (a named
+            # image whose layer chain is a prefix of a kept image's, whatever builder made it: frees 0 B).
+            protections[img.id] = [reason]
         gone = {img.id for img, _ in blocked}
         dangling = [i for i in dangling if i.id not in gone]
         unused = [i for i in unused if i.id not in gone]

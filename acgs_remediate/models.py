@@ -12,6 +12,31 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 NONE_TAG = "<none>:<none>"
+NONE_DIGEST = "<none>@<none>"
+
+# Where an image's arrival time on its engine came from, most exact first (ImageFact.arrival_source).
+ARRIVAL_SOURCES = ("imagedb", "last_tag_time", "events", "ledger")
+
+
+def is_dangling(repo_tags: list[str], repo_digests: list[str]) -> bool:
+    """Return whether an image with these references is dangling: no tag AND no repository digest.
+
+    The one definition every layer uses (analysis, plan, criteria, report, the cleanup module's copy).
+    An image pulled by digest (``docker pull repo@sha256:...``) has no tag but is named by its digest:
+    it is deployed that way, it is not junk. The engine's ``dangling=true`` filter lists such images
+    (measured on 20.10, SANDBOX-NOTES.md), so that filter is never relied on. ``<none>`` placeholders
+    (20.10 lists ``<none>:<none>`` and ``<none>@<none>``) are not names.
+    """
+    tags = [t for t in repo_tags if t and t != NONE_TAG]
+    digests = [d for d in repo_digests if d and d != NONE_DIGEST]
+    return not tags and not digests
+
+
+def short_digest_ref(ref: str) -> str:
+    """Return ``repo@sha256:<12 hex>`` for a digest reference ``repo@sha256:<64 hex>`` (display only)."""
+    repo, _, digest = ref.partition("@")
+    algo, _, hexpart = digest.partition(":")
+    return f"{repo}@{algo}:{hexpart[:12]}" if hexpart else ref
 
 
 class _Fact(BaseModel):
@@ -53,25 +78,35 @@ class ImageFact(_Fact):
     labels: dict[str, str] = Field(default_factory=dict)
     # The image it was built on, when the classic builder made it ("" otherwise; BuildKit records none).
     parent_id: str = ""
-    # When the image first arrived on THIS engine (pull, load, build, import), not its Created date: an old
-    # image loaded a minute ago is fresh. None = unknown, which every planner treats as fresh.
+    # When the image arrived on this engine (built, pulled, loaded, imported): what "fresh" is measured
+    # from, never from ``created`` (a 2020 image loaded a minute ago is fresh). None = unknown, which
+    # planning treats as fresh. ``arrival_source`` names the evidence (one of ARRIVAL_SOURCES, "" if none).
     arrived_at: datetime | None = None
-    # Where arrived_at comes from ("imagedb" file time, "events", "tag time", "ledger"), "" when unknown.
     arrival_source: str = ""
 
     @property
     def dangling(self) -> bool:
-        """Return True for an image with no tag AND no repository digest.
+        """Return True for an image with no tag and no repository digest (see ``is_dangling``)."""
+        return is_dangling(self.repo_tags, self.repo_digests)
 
-        An image pulled by digest has no tag, and `docker images -f dangling=true` lists it, yet it is
-        deployed (SANDBOX-NOTES "digests"): it is not junk, so it is not dangling here.
-        """
-        return not self.repo_tags and not self.repo_digests
+    @property
+    def digest_only(self) -> bool:
+        """Return True for an image named only by repository digest(s) (pulled by digest): not dangling."""
+        return not self.repo_tags and not self.dangling
+
+    @property
+    def names(self) -> list[str]:
+        """Return every reference naming the image: its tags, then its repository digests."""
+        return [*self.repo_tags, *self.repo_digests]
 
     @property
     def display_name(self) -> str:
-        """Return the first tag, or the short ID for an untagged image."""
-        return self.repo_tags[0] if self.repo_tags else self.id.removeprefix("sha256:")[:12]
+        """Return the first tag, else the first digest reference (shortened), else the short ID."""
+        if self.repo_tags:
+            return self.repo_tags[0]
+        if self.repo_digests:
+            return short_digest_ref(self.repo_digests[0])
+        return self.id.removeprefix("sha256:")[:12]
 
 
 class ContainerFact(_Fact):
@@ -144,18 +179,32 @@ class HostSnapshot(_Fact):
     image_parents: dict[str, str] = Field(default_factory=dict)
 
     def image(self, ref: str) -> ImageFact | None:
-        """Return the image with this tag, full ID or ID prefix, or None."""
+        """Return the image with this tag, digest reference (``repo@sha256:...``), full ID or ID prefix, or None."""
         bare = ref.removeprefix("sha256:")
         for img in self.images:
             if (
                 ref in img.repo_tags
+                or ref in img.repo_digests
                 or img.id == ref
                 or (len(bare) >= 12 and img.id.removeprefix("sha256:").startswith(bare))
             ):
                 return img
-        if ":" not in ref:
+        if ":" not in ref and "@" not in ref:
             return self.image(f"{ref}:latest")
         return None
+
+    def with_ledger(self, first_seen: dict[str, datetime]) -> HostSnapshot:
+        """Return the snapshot with ``first_seen`` (image ID -> first sighting by this tool) as the arrival of
+        every image the engine gave no arrival for (``arrival_source`` "ledger"); others are unchanged."""
+        if not any(img.arrived_at is None and img.id in first_seen for img in self.images):
+            return self
+        images = [
+            img.model_copy(update={"arrived_at": first_seen[img.id], "arrival_source": "ledger"})
+            if img.arrived_at is None and img.id in first_seen
+            else img
+            for img in self.images
+        ]
+        return self.model_copy(update={"images": images})
 
     def containers_using(self, image_id: str) -> list[ContainerFact]:
         """Return every container (running or stopped) created from ``image_id``."""

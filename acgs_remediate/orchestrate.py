@@ -97,6 +97,7 @@ class ImageFacts(_Model):
     """The facts about one image a plan acts on that decide whether acting on it is still right."""
 
     tags: list[str] = Field(default_factory=list)  # sorted; [] for a dangling image
+    digests: list[str] = Field(default_factory=list)  # repository digests, sorted: names too (pulled by digest)
     containers: list[str] = Field(default_factory=list)  # names of containers (any state) using it, sorted
     present: bool = True
 
@@ -124,7 +125,7 @@ def image_fingerprint(snapshot: HostSnapshot, image_ids: Iterable[str]) -> dict[
             facts[image_id] = ImageFacts(present=False)
             continue
         users = sorted(c.name for c in snapshot.containers_using(image_id))
-        facts[image_id] = ImageFacts(tags=sorted(img.repo_tags), containers=users)
+        facts[image_id] = ImageFacts(tags=sorted(img.repo_tags), digests=sorted(img.repo_digests), containers=users)
     return facts
 
 
@@ -150,7 +151,7 @@ def drift(host: str, saved: Fingerprint, now: Fingerprint) -> list[str]:
         lines.append(f"{host}: its policy (acgs_policy) changed since the plan was made")
     for image_id, was in saved.images.items():
         cur = now.images.get(image_id, ImageFacts(present=False))
-        name = f"image {image_id[:19]}… ({', '.join(was.tags) or 'dangling'})"
+        name = f"image {image_id[:19]}… ({', '.join(was.tags) or ', '.join(was.digests) or 'dangling'})"
         if was.present and not cur.present:
             lines.append(f"{host}: {name} is no longer on the engine")
             continue
@@ -167,6 +168,12 @@ def drift(host: str, saved: Fingerprint, now: Fingerprint) -> list[str]:
                 what.append(f"now tagged {', '.join(added)}")
             if gone:
                 what.append(f"no longer tagged {', '.join(gone)}")
+            lines.append(f"{host}: {name} is {' and '.join(what)}")
+        if cur.digests != was.digests:
+            added = sorted(set(cur.digests) - set(was.digests))
+            gone = sorted(set(was.digests) - set(cur.digests))
+            what = [f"now named {', '.join(added)}"] if added else []
+            what += [f"no longer named {', '.join(gone)}"] if gone else []
             lines.append(f"{host}: {name} is {' and '.join(what)}")
     for key, value in saved.extra.items():
         if now.extra.get(key) != value:
@@ -393,6 +400,17 @@ def policies_of(fleet: Fleet) -> dict[str, Policy]:
     return {h.name: fleet.policy(h) for h in fleet.hosts}
 
 
+def with_arrival_ledger(snapshots: dict[str, HostSnapshot], store: StateStore | None) -> dict[str, HostSnapshot]:
+    """Return the snapshots with the state store's first sightings as the arrival of images the engine dated not.
+
+    Records the sightings (``StateStore.note_arrivals``): the arrival ledger, never the phase ledger. Without a
+    store the engine's evidence alone decides (an image it does not date counts as fresh).
+    """
+    if store is None or not snapshots:
+        return snapshots
+    return {name: store.note_arrivals(snap) for name, snap in snapshots.items()}
+
+
 def _read_and_plan(
     spec: PhaseSpec[Any],
     fleet: Fleet,
@@ -409,6 +427,7 @@ def _read_and_plan(
     from .facts import collect_many
 
     snapshots, unreachable = collect_many(hosts, forks=forks)
+    snapshots = with_arrival_ledger(snapshots, store)
     if not plan:
         return {}, snapshots, unreachable
     reachable = {h: policies[h] for h in snapshots}
@@ -446,7 +465,8 @@ def plan_phase(
     if save_to is not None:
         _check_writable(save_to)
     done: list[str] = []
-    # The ledger is read when there is one (hygiene's last use); planning never writes it.
+    # The ledger is read when there is one (hygiene's last use); planning never writes the phase ledger (it
+    # records first sightings of images, the last evidence of their arrival, in an existing store).
     store = StateStore(state) if state.exists() else None
     try:
         plans, snapshots, unreachable = _read_and_plan(spec, fleet, fleet.hosts, policies, forks, store=store)

@@ -505,6 +505,8 @@ def _md_host(h: HostReport) -> list[str]:
             )
             continue
         issue = _md_escape(f.reason) + (f"; protected by `{f.protected_by}`" if f.protected_by else "")
+        if f.source == "policy" and not f.candidate and f.kept_because and not f.protected_by:
+            issue += "; kept: " + _md_escape("; ".join(f.kept_because))
         lines.append(
             f"| `{f.ref}` | **{_hs(f.size)}** | {_hs(f.budget)} | {issue} | {f.priority} | "
             f"{_users(f.containers)} | "
@@ -701,7 +703,7 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
                 f.priority,
                 _users(f.containers) if f.present else "not present",
                 _hs(f.freed_alone),
-                "yes" if f.candidate else ("protected" if f.protected_by else "no"),
+                "yes" if f.candidate else ("protected" if f.protected_by or f.kept_because else "no"),
             )
         console.print(over)
         svc = Table(title=f"{a.host}: service images", title_justify="left")

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from .deploy import RollbackUnit
 from .errors import LockedError, UsageError
-from .models import Baseline, BuildRecord
+from .models import Baseline, BuildRecord, HostSnapshot
 
 PhaseState = Literal["pending", "running", "succeeded", "failed", "interrupted", "rolled_back"]
 # "rolled_back": phase 3 switched the host, it failed its health gate (or the fleet's policy sent it back)
@@ -99,6 +99,13 @@ CREATE TABLE IF NOT EXISTS phase_history (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS phase_history_host ON phase_history (host, phase, id);
+CREATE TABLE IF NOT EXISTS image_arrivals (
+    host TEXT NOT NULL,
+    engine_id TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    PRIMARY KEY (host, engine_id, image_id)
+);
 CREATE TABLE IF NOT EXISTS rollback_units (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     host TEXT NOT NULL,
@@ -259,6 +266,34 @@ class StateStore:
         """Return the baseline of ``host``, or None."""
         row = self._db.execute("SELECT data FROM baselines WHERE host = ?", (host,)).fetchone()
         return Baseline.model_validate_json(row[0]) if row else None
+
+    # -- image arrivals (the ledger: last evidence of when an image arrived) -----------------
+
+    def note_arrivals(self, snapshot: HostSnapshot) -> HostSnapshot:
+        """Record when this tool first saw each of the snapshot's images; return it with that as last evidence.
+
+        Rows are keyed by host, engine ID and image ID; an image gone from the engine loses its row, so a
+        later re-pull starts afresh. The first sighting bounds the arrival from above (the image was there by
+        then at the latest), so it never makes an image look older than it is. Images whose arrival the engine
+        already told (``arrival_source`` set) keep it: the ledger only fills the unknown ones.
+        """
+        seen_at = _iso(snapshot.collected_at)
+        engine = snapshot.engine.engine_id
+        ids = [img.id for img in snapshot.images]
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO image_arrivals (host, engine_id, image_id, first_seen) VALUES (?, ?, ?, ?)",
+                [(snapshot.host, engine, i, seen_at) for i in ids],
+            )
+            rows = db.execute(
+                "SELECT image_id, first_seen FROM image_arrivals WHERE host = ? AND engine_id = ?",
+                (snapshot.host, engine),
+            ).fetchall()
+            current = set(ids)
+            gone = [(snapshot.host, engine, r[0]) for r in rows if r[0] not in current]
+            db.executemany("DELETE FROM image_arrivals WHERE host = ? AND engine_id = ? AND image_id = ?", gone)
+        first_seen = {r[0]: _parse_dt(r[1]) for r in rows if r[0] in current}
+        return snapshot.with_ledger({k: v for k, v in first_seen.items() if v is not None})
 
     # -- build records ---------------------------------------------------------------------
 

@@ -99,8 +99,9 @@ def analyze(
     # Engines answer while this thread imports the analysis side (~0.1 s of CPU that would otherwise
     # come after the slowest engine's last answer).
     with ThreadPoolExecutor(max_workers=1) as background:
-        # The report needs no parent links (those are for planning removals): one listing fewer per host.
-        collecting = background.submit(facts.collect_many, fleet.hosts, forks=forks, timeout=timeout, parents=False)
+        # Parent links too: the report's candidates are the plan's removals (one decision), and an image a
+        # kept classic-built child stands on is protected there.
+        collecting = background.submit(facts.collect_many, fleet.hosts, forks=forks, timeout=timeout)
         import dockerfile_parse  # noqa: F401 - the doctor imports it on first use; load it now, while we wait
 
         from .. import analysis, doctor
@@ -122,6 +123,8 @@ def analyze(
         snap = snapshots.get(h.name)
         if snap is None:
             continue
+        # The ledger: when this tool first saw each image, the last evidence of its arrival ("fresh").
+        snap = snapshots[h.name] = store.note_arrivals(snap)
         result = analysis.analyze(snap, policies[h.name])
         recorded = store.record_baseline(analysis.baseline_from(snap))
         baseline = store.baseline(h.name)

@@ -100,7 +100,7 @@ class Phase1(PhaseSpec[HostPlan]):
         kept.add_column("image")
         kept.add_column("why it stays")
         for pr in plan.protections:
-            name = ", ".join(pr.tags) or pr.image_id.removeprefix("sha256:")[:12] + " (dangling)"
+            name = pr.label
             kept.add_row(escape(name), escape("; ".join(pr.reasons)))
         return [actions, kept]
 
@@ -118,7 +118,7 @@ class Phase1(PhaseSpec[HostPlan]):
             lines.append(f"| {i} | {a.kind} | `{a.label}` | {a.reason} | {human_size(a.predicted_bytes)} |")
         lines += ["", "| protected image | why |", "|---|---|"]
         for pr in plan.protections:
-            lines.append(f"| `{', '.join(pr.tags) or pr.image_id[:19]}` | {'; '.join(pr.reasons)} |")
+            lines.append(f"| `{pr.label}` | {'; '.join(pr.reasons)} |")
         return lines
 
     def outcome(self, plan: HostPlan, before: HostSnapshot, result: HostResult, check: bool) -> HostOutcome:

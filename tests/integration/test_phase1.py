@@ -104,9 +104,9 @@ def fleet_before(fresh_sandbox: Sandbox) -> dict[str, Any]:
     _restore_sources(fresh_sandbox)
     fleet = load_fleet(fresh_sandbox.inventory_path)
     snaps = {h.name: (collect(h), fleet.policy(h)) for h in fleet.hosts}
-    # Right after a full seed some images are younger than the policy's minimum ages; wait them out so
-    # the test's plan and the run's plan (taken seconds later) agree.
-    newest = max(i.created for s, _ in snaps.values() for i in s.images)
+    # Right after a full seed some images are younger than the policy's minimum ages (counted from their
+    # arrival on the engine); wait them out so the test's plan and the run's plan (taken seconds later) agree.
+    newest = max(max(i.created, i.arrived_at or i.created) for s, _ in snaps.values() for i in s.images)
     limit = max(max(p.fresh_min_age, p.dangling_min_age) for _, p in snaps.values())
     wait = limit + 2 - (datetime.now(UTC) - newest).total_seconds()
     if 0 < wait <= 120:

@@ -127,6 +127,55 @@ def test_the_plan_the_cli_sends_takes_the_light_path() -> None:
     ]
 
 
+def _module() -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("acgs_image_cleanup", MODULE)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "tags,digests",
+    [
+        ([], []),
+        (["<none>:<none>"], ["<none>@<none>"]),  # how 20.10 lists a dangling image
+        (["<none>:<none>"], ["127.0.0.55:5000/pinned/base@sha256:" + "d" * 64]),  # pulled by digest: named
+        ([], ["reg/x@sha256:" + "e" * 64]),
+        (["app:1"], []),
+        (["app:1"], ["reg/app@sha256:" + "f" * 64]),
+    ],
+)
+def test_the_module_and_the_models_share_one_definition_of_dangling(tags: list[str], digests: list[str]) -> None:
+    from acgs_remediate.models import is_dangling
+
+    module = _module()
+    names = module._names({"RepoTags": tags, "RepoDigests": digests})  # type: ignore[attr-defined]
+    assert module._is_dangling(*names) == is_dangling(tags, digests)  # type: ignore[attr-defined]
+    assert is_dangling(tags, digests) == (not [t for t in tags if "<none>" not in t]
+                                          and not [d for d in digests if "<none>" not in d])
+
+
+def test_a_digest_only_removal_keeps_its_digests_on_the_light_path() -> None:
+    from datetime import UTC, datetime
+
+    from acgs_remediate.plan import Action, HostPlan
+
+    digest = "127.0.0.55:5000/pinned/base@sha256:" + "d" * 64
+    plan = HostPlan(
+        host="h1", phase="phase1", planned_at=datetime.now(UTC), predicted_bytes=10,
+        actions=[Action(kind="remove_image", reason="oversized (LOW)", predicted_bytes=10,
+                        image_id="sha256:" + "a" * 64, digests=[digest], category="oversized")],
+    )
+    module = _module()
+    light = module._light_plan(json.loads(json.dumps(plan.for_run())))  # type: ignore[attr-defined]
+    assert light is not None
+    assert [(a.digests, a.category) for a in light.removals()] == [([digest], "oversized")]
+    assert module._label(plan.actions[0].image_id, [], [digest]).endswith(f"({digest})")  # type: ignore[attr-defined]
+
+
 def test_an_unknown_phase_is_refused_naming_the_choices(tmp_path: Path) -> None:
     rc, result = _run(tmp_path, {"host_name": "h1", "phase": "phase9", "policy": {}})
     assert rc == 1

@@ -194,3 +194,14 @@ def test_an_action_added_to_the_file_without_its_facts_is_refused(facts, tmp_pat
     with pytest.raises(StalePlanError) as exc:
         _saved_plans_if_unchanged(SPEC, load_plan(SPEC, path), {host: snapshot}, {host: policy}, path)
     assert f"{host}: the plan's actions and the facts recorded for them do not match" in exc.value.message
+
+
+def test_a_planned_dangling_image_that_gained_a_digest_refuses(facts, tmp_path: Path) -> None:
+    """Pulled or pushed by digest since the plan: it is named now (not dangling), so the saved plan is stale."""
+    snapshot, policy = facts
+    path = _saved(facts, tmp_path)
+    target = next(a.image_id for a in SPEC.plan_host(snapshot, policy, []).removals() if a.category == "dangling")
+    digest = "127.0.0.55:5000/pinned/base@sha256:" + "d" * 64
+    named = [i.model_copy(update={"repo_digests": [digest]}) if i.id == target else i for i in snapshot.images]
+    lines = _drift(facts, path, snapshot.model_copy(update={"images": named}), policy)
+    assert len(lines) == 1 and f"now named {digest}" in lines[0]

@@ -146,6 +146,7 @@ from types import SimpleNamespace
 from typing import Any
 
 _NONE_TAG = "<none>:<none>"
+_NONE_DIGEST = "<none>@<none>"
 _RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
@@ -153,8 +154,29 @@ def _short(image_id: str) -> str:
     return image_id.removeprefix("sha256:")[:12]
 
 
-def _label(image_id: str, tags: list[str]) -> str:
-    return f"{_short(image_id)} ({', '.join(tags)})" if tags else f"{_short(image_id)} (dangling)"
+def _names(info: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Return an engine image listing's (tags, repository digests), without 20.10's <none> placeholders."""
+    tags = [t for t in info.get("RepoTags") or [] if t and t != _NONE_TAG]
+    digests = [d for d in info.get("RepoDigests") or [] if d and d != _NONE_DIGEST]
+    return tags, digests
+
+
+def _is_dangling(tags: list[str], digests: list[str]) -> bool:
+    """Return whether an image is dangling: no tag AND no repository digest.
+
+    The rule of acgs_remediate.models.is_dangling (this module runs without acgs_remediate on its light path;
+    a unit test holds the two equal). An image pulled by digest is named, never junk; the engine's
+    dangling=true filter lists it, so that filter is never used.
+    """
+    return not tags and not digests
+
+
+def _label(image_id: str, tags: list[str], digests: list[str] | None = None) -> str:
+    if tags:
+        return f"{_short(image_id)} ({', '.join(tags)})"
+    if digests:
+        return f"{_short(image_id)} ({', '.join(digests)})"
+    return f"{_short(image_id)} (dangling)"
 
 
 class _Applier:
@@ -184,15 +206,22 @@ class _Applier:
 
     def _recheck(self, action: Any, info: dict[str, Any]) -> str | None:
         """Return why ``action`` must not run now, or None when it still may."""
-        tags = [t for t in info.get("RepoTags") or [] if t != _NONE_TAG]
+        tags, digests = _names(info)
         gained = sorted(set(tags) - set(action.tags))
         if gained:
             return f"gained tag(s) {', '.join(gained)} since the plan"
+        # A digest is a name too (an image pulled by digest is deployed, not dangling): one gained since the
+        # plan means someone pulled or pushed it meanwhile.
+        gained = sorted(set(digests) - set(getattr(action, "digests", None) or []))
+        if gained:
+            return f"gained digest reference(s) {', '.join(gained)} since the plan"
+        if getattr(action, "category", None) == "dangling" and not _is_dangling(tags, digests):
+            return "no longer dangling"
         if self.policy is not None:
-            for tag in tags:
-                pattern = self.policy.is_protected(tag)
+            for ref in (*tags, *digests):
+                pattern = self.policy.is_protected(ref)
                 if pattern:
-                    return f"protected pattern {pattern!r} matches {tag}"
+                    return f"protected pattern {pattern!r} matches {ref}"
         if self._containers is None or len(tags) > 1:
             # Listed once per run (the engine itself refuses, without force, to delete an image a container
             # created meanwhile uses); listed afresh before untagging a multi-tag image, because untagging
@@ -227,7 +256,7 @@ class _Applier:
         if self.check_mode:
             self.would_remove.append(entry)
             return
-        tags = [t for t in info.get("RepoTags") or [] if t != _NONE_TAG]
+        tags, _ = _names(info)
         try:
             if len(tags) <= 1:
                 # One tag or none: delete by ID (never force; the engine refuses if a container appeared).
@@ -261,7 +290,9 @@ class _Applier:
 # CPU per host, the bulk of a fleet run's time). A plan given in the shape HostPlan dumps needs neither.
 
 _PLAN_KEYS = {"host", "phase", "planned_at", "actions", "protections", "predicted_bytes", "notes", "watermark"}
-_ACTION_KEYS = {"kind", "reason", "predicted_bytes", "image_id", "tags", "category", "keep_bytes", "service", "path"}
+_ACTION_KEYS = {
+    "kind", "reason", "predicted_bytes", "image_id", "tags", "digests", "category", "keep_bytes", "service", "path",
+}
 _KINDS = {"remove_image", "prune_build_cache", "repair_build_file"}
 
 
@@ -279,11 +310,13 @@ def _light_action(a: Any) -> SimpleNamespace | None:
     pb = a.get("predicted_bytes", 0)
     if not isinstance(a.get("reason"), str) or not _opt(pb, int) or pb is None:
         return None
-    if not (_opt(a.get("image_id"), str) and _is_str_list(a.get("tags", [])) and _opt(a.get("keep_bytes"), int)
+    if not (_opt(a.get("image_id"), str) and _is_str_list(a.get("tags", [])) and _is_str_list(a.get("digests", []))
+            and _opt(a.get("keep_bytes"), int)
             and a.get("category") in (None, "oversized", "dangling", "unused")
             and _opt(a.get("service"), str) and _opt(a.get("path"), str)):
         return None
     return SimpleNamespace(kind=a["kind"], image_id=a.get("image_id"), tags=list(a.get("tags", [])),
+                           digests=list(a.get("digests", [])), category=a.get("category"),
                            predicted_bytes=pb, keep_bytes=a.get("keep_bytes"))
 
 
@@ -302,8 +335,9 @@ def _light_plan(data: Any) -> SimpleNamespace | None:
     except ValueError:
         return None
     for prot in data.get("protections", []):
-        if not (isinstance(prot, dict) and set(prot) <= {"image_id", "tags", "reasons"}
+        if not (isinstance(prot, dict) and set(prot) <= {"image_id", "tags", "digests", "reasons"}
                 and isinstance(prot.get("image_id"), str) and _is_str_list(prot.get("tags", []))
+                and _is_str_list(prot.get("digests", []))
                 and _is_str_list(prot.get("reasons"))):
             return None
     actions = [_light_action(a) for a in data.get("actions", [])]
@@ -548,7 +582,7 @@ def main() -> None:
     try:
         api = EngineAPI(endpoint, p["timeout"])
         applier = _Applier(api, errors, policy, module.check_mode)
-        before = {a.image_id: a.tags for a in host_plan.removals()}
+        before = {a.image_id: (a.tags, list(getattr(a, "digests", None) or [])) for a in host_plan.removals()}
         for action in host_plan.removals():
             applier.apply(action)
         cache: dict[str, Any] = {"planned": False, "reclaimed_bytes": 0}
@@ -576,8 +610,10 @@ def main() -> None:
         predicted += int(cache.get("predicted_bytes") or 0)
     would_change = bool(applier.would_remove) or (module.check_mode and cache.get("planned", False))
     changed = would_change if module.check_mode else applier.changed
-    lines_before = sorted(_label(i, t) for i, t in before.items() if i not in applier.already_gone)
-    lines_after = sorted(_label(i, t) for i, t in before.items() if i not in done_ids and i not in applier.already_gone)
+    lines_before = sorted(_label(i, *names) for i, names in before.items() if i not in applier.already_gone)
+    lines_after = sorted(
+        _label(i, *names) for i, names in before.items() if i not in done_ids and i not in applier.already_gone
+    )
     verb = "would remove" if module.check_mode else "removed"
     msg = (f"{host_name}: {verb} {len(done)} image(s), skipped {len(applier.skipped)}, "
            f"already gone {len(applier.already_gone)}")
