@@ -44,6 +44,10 @@ from .analysis import build_cache_prune, reclaimable_bytes
 from .config import Policy, ServicePolicy
 from .deploy import ROLLBACK_TAG_PREFIX
 from .models import ContainerFact, HostSnapshot, ImageFact, short_digest_ref
+from .units import human_size
+
+# builds.SOURCE_HASH_LABEL: the label every image phase 2 builds carries (not imported: plan stays pure).
+_PHASE2_LABEL = "org.acgs.source-hash"
 
 PHASE1 = "phase1"
 HYGIENE = "hygiene"
@@ -331,10 +335,17 @@ def decide_removals(snapshot: HostSnapshot, policy: Policy, now: datetime | None
     candidates: list[tuple[ImageFact, str, Literal["oversized", "dangling"]]] = []
     seen: set[str] = set()
     notes: list[str] = []
+    budgets = {s.image: policy.service_budget(s) for s in policy.services}
     for entry in sorted(policy.oversized_images, key=lambda e: _PRIORITY_ORDER[e.priority]):
         img = snapshot.image(entry.ref)
         if img is None:
             notes.append(f"{entry.ref}: not present")
+            continue
+        budget = budgets.get(entry.ref, policy.size_cap)
+        if img.labels.get(_PHASE2_LABEL) and img.size <= budget:
+            # The tag names phase 2's optimized build now, within its budget: that is the fix the report
+            # asks for, never a removal candidate (phase 1 re-run after phase 2).
+            notes.append(f"{entry.ref}: phase 2's build, {human_size(img.size)}, within budget {human_size(budget)}")
             continue
         if img.id in seen:
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import __version__
 from .analysis import HostAnalysis, ServiceImage
 from .doctor import ServiceDoctor
-from .models import Baseline, Unreachable
+from .models import Baseline, BuildRecord, GateVerdict, Unreachable
 from .units import human_size
 
 SCHEMA_VERSION = 1
@@ -99,6 +99,85 @@ class AnalyzeReport(_Model):
     hosts: list[HostReport] = Field(default_factory=list)
     unreachable: list[Unreachable] = Field(default_factory=list)
     builds: list[ServiceDoctor] = Field(default_factory=list)  # the build-context doctor, per service
+    optimized: list[OptimizedService] = Field(default_factory=list)  # phase 2, per service (build records)
+
+
+class OptimizedService(_Model):
+    """One service's phase 2 result across the fleet, from its latest BuildRecord per host (bytes, seconds).
+
+    ``size_before``: the image its release tag named when phase 2 first moved it (else the baseline's);
+    ``size_after``: the optimized image's; ``shrink``: before / after; ``released``/``hosts``: on how many
+    hosts the release tag names the optimized image, of the hosts with a record.
+    """
+
+    service: str
+    image: str
+    size_before: int | None = None
+    size_after: int | None = None
+    expected_size: int | None = None
+    shrink: float | None = None
+    build_seconds: float | None = None
+    gates: list[GateVerdict] = Field(default_factory=list)
+    released: int = 0
+    hosts: int = 0
+    error: str | None = None
+
+
+AnalyzeReport.model_rebuild()  # its ``optimized`` field names the model above
+
+
+def optimized_services(
+    records: Mapping[str, Sequence[BuildRecord]],
+    expected: Mapping[str, int | None] | None = None,
+    baseline_sizes: Mapping[str, int] | None = None,
+) -> list[OptimizedService]:
+    """Return one :class:`OptimizedService` per service from host -> that host's build records.
+
+    ``expected``: service -> expected size in bytes (the policy's; the report's "Expected Size").
+    "Before" is what the release tag named when phase 2 first moved it (the oldest record saying so), else
+    ``baseline_sizes[image]`` (image ref -> bytes at the first analyze: phase 1 may have removed it first).
+    """
+    latest: dict[str, dict[str, BuildRecord]] = {}
+    first_before: dict[str, tuple[datetime, int]] = {}
+    for host, recs in records.items():
+        for r in sorted(recs, key=lambda rec: rec.finished_at):
+            cur = latest.setdefault(r.service, {}).get(host)
+            if cur is None or r.finished_at >= cur.finished_at:
+                latest[r.service][host] = r
+            if r.size_before and (r.service not in first_before or r.finished_at < first_before[r.service][0]):
+                first_before[r.service] = (r.finished_at, r.size_before)
+    out: list[OptimizedService] = []
+    for service in sorted(latest):
+        per_host = list(latest[service].values())
+        after = next((r.size for r in per_host if r.size), None)
+        before = first_before[service][1] if service in first_before else None
+        before = before or (baseline_sizes or {}).get(per_host[0].image)
+        gated = next((r for r in per_host if r.gates), per_host[0])
+        out.append(
+            OptimizedService(
+                service=service,
+                image=per_host[0].image,
+                size_before=before,
+                size_after=after,
+                expected_size=(expected or {}).get(service),
+                shrink=round(before / after, 1) if before and after else None,
+                build_seconds=next((r.seconds for r in per_host if r.ok and r.seconds), None),
+                gates=list(gated.gates),
+                released=sum(1 for r in per_host if r.released),
+                hosts=len(per_host),
+                error=next((r.error for r in per_host if r.error), None),
+            )
+        )
+    return out
+
+
+def _gate_text(o: OptimizedService) -> str:
+    failed = [f"{g.name}: {g.detail}" for g in o.gates if not g.passed]
+    if failed:
+        return "failed " + "; ".join(failed)
+    if o.error:
+        return o.error
+    return "all passed" if o.gates else "-"
 
 
 def _change(before: int, now: int) -> Change:
@@ -148,6 +227,7 @@ def build_report(
     inventory: str,
     pattern: str,
     generated_at: datetime | None = None,
+    optimized: Iterable[OptimizedService] = (),
 ) -> AnalyzeReport:
     """Return the report model from per-host results, unreachable hosts and the build doctor's findings."""
     hosts = sorted(hosts, key=lambda h: h.analysis.host)
@@ -197,6 +277,7 @@ def build_report(
         hosts=hosts,
         unreachable=unreachable,
         builds=builds,
+        optimized=list(optimized),
     )
 
 
@@ -343,6 +424,8 @@ def to_markdown(report: AnalyzeReport) -> str:
         "",
     ]
 
+    if report.optimized:
+        lines += _md_optimized(report.optimized)
     lines += ["## ⚠️ Risk Assessment", ""] + _md_risks(report) + [""]
     notes = [(h.analysis.host, n) for h in report.hosts for n in h.analysis.notes]
     if notes:
@@ -353,6 +436,23 @@ def to_markdown(report: AnalyzeReport) -> str:
         f"Generated by acgs-remediate {report.tool_version} from live Docker engines (inventory `{report.inventory}`).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _md_optimized(rows: list[OptimizedService]) -> list[str]:
+    lines = [
+        "## Phase 2: Service Images Before → After",
+        "",
+        "| Service | Before | After | Expected | Shrink | Build time | Released | Gates |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for o in rows:
+        lines.append(
+            f"| {o.service} | {_hs(o.size_before)} | {_hs(o.size_after)} | {_hs(o.expected_size)} | "
+            f"{f'{o.shrink}x' if o.shrink else '-'} | "
+            f"{f'{o.build_seconds:.1f}s' if o.build_seconds is not None else '-'} | {o.released}/{o.hosts} | "
+            f"{_md_escape(_gate_text(o))} |"
+        )
+    return lines + [""]
 
 
 def _md_host(h: HostReport) -> list[str]:
@@ -549,6 +649,7 @@ def _md_risks(report: AnalyzeReport) -> list[str]:
 
 def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-untyped-def]
     """Print the report as rich tables on ``console``."""
+    from rich.markup import escape
     from rich.table import Table
 
     from .tables import print_table
@@ -646,6 +747,23 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
             )
             builds.add_row(b.service, f"{_hs(b.context_bytes)} / {b.context_files} files", problems)
         print_table(console, builds)
+    if report.optimized:
+        opt = Table(title="Phase 2: service images before -> after", title_justify="left")
+        for col in ("service", "before", "after", "expected", "shrink", "build time", "released", "gates"):
+            opt.add_column(col, justify="left" if col in ("service", "gates") else "right")
+        for o in report.optimized:
+            gates = _gate_text(o)
+            opt.add_row(
+                o.service,
+                _hs(o.size_before),
+                _hs(o.size_after),
+                _hs(o.expected_size),
+                f"{o.shrink}x" if o.shrink else "-",
+                f"{o.build_seconds:.1f}s" if o.build_seconds is not None else "-",
+                f"{o.released}/{o.hosts}",
+                f"[{'green' if gates == 'all passed' else 'red'}]{escape(gates)}[/]",
+            )
+        print_table(console, opt)
 
 
 # --- HTML ------------------------------------------------------------------------------------------------
@@ -786,6 +904,51 @@ def _svg_budgets(h: HostReport) -> str:
             'stroke-width="2"/>'
         )
         parts.append(f'<text x="{pos(size) + 4:.1f}" y="{y + 11}">{_hs(size)} ({size / budget:.1f}x)</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _svg_optimized(rows: list[OptimizedService]) -> str:
+    """Return each service's image before (grey) and after (blue) phase 2, log scale, expected size marked."""
+    rows = [o for o in rows if o.size_before or o.size_after]
+    if not rows:
+        return ""
+    width, label_w, bar_h, gap, top = 760, 160, 11, 10, 24
+    height = top + len(rows) * (2 * bar_h + gap) + 16
+    values = [v for o in rows for v in (o.size_before, o.size_after, o.expected_size) if v]
+    low, high = max(1.0, min(values) / 4), max(values) * 1.3
+    span = math.log10(high) - math.log10(low) or 1.0
+    plot_w = width - label_w - 150
+
+    def pos(v: float) -> float:
+        return label_w + (math.log10(max(v, low)) - math.log10(low)) / span * plot_w
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        'aria-label="Service image size before and after phase 2">',
+        f'<text x="{label_w}" y="14">before (grey) and after (blue), log scale; expected size (red mark)</text>',
+    ]
+    for i, o in enumerate(rows):
+        y = top + i * (2 * bar_h + gap)
+        parts.append(f'<text x="0" y="{y + bar_h + 4}">{_e(o.service)}</text>')
+        for j, (size, color, what) in enumerate(
+            ((o.size_before, "#9aa5b1", "before"), (o.size_after, "#3e7cb1", "after"))
+        ):
+            if not size:
+                continue
+            yy = y + j * bar_h
+            parts.append(
+                f'<rect x="{label_w}" y="{yy}" width="{max(pos(size) - label_w, 1):.1f}" height="{bar_h - 1}" '
+                f'fill="{color}"><title>{_e(o.service)} {what}: {_hs(size)}</title></rect>'
+            )
+            label = _hs(size) + (f" ({o.shrink}x smaller)" if j == 1 and o.shrink else "")
+            parts.append(f'<text x="{pos(size) + 4:.1f}" y="{yy + bar_h - 2}">{_e(label)}</text>')
+        if o.expected_size:
+            ex = pos(o.expected_size)
+            parts.append(
+                f'<line x1="{ex:.1f}" x2="{ex:.1f}" y1="{y - 2}" y2="{y + 2 * bar_h + 1}" '
+                f'stroke="{_COLORS["budget"]}" stroke-width="2"><title>expected {_hs(o.expected_size)}</title></line>'
+            )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -971,6 +1134,29 @@ def to_html(report: AnalyzeReport) -> str:
             ],
         )
     )
+    if report.optimized:
+        out.append("<h2>Phase 2: service images before → after</h2>")
+        out.append(_svg_optimized(report.optimized))
+        out.append(
+            _html_table(
+                ["Service", "Before", "After", "Expected", "Shrink", "Build time", "Released", "Gates"],
+                [
+                    [
+                        _e(o.service),
+                        _hs(o.size_before),
+                        _hs(o.size_after),
+                        _hs(o.expected_size),
+                        f"{o.shrink}x" if o.shrink else "-",
+                        f"{o.build_seconds:.1f}s" if o.build_seconds is not None else "-",
+                        f"{o.released}/{o.hosts}",
+                        f"<span class='{'OK' if _gate_text(o) == 'all passed' else 'CRITICAL'}'>"
+                        f"{_e(_gate_text(o))}</span>",
+                    ]
+                    for o in report.optimized
+                ],
+                numeric={1, 2, 3, 4, 5, 6},
+            )
+        )
     out.append(f"<p class='muted'>acgs-remediate {_e(report.tool_version)} · inventory {_e(report.inventory)}</p>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"

@@ -139,6 +139,8 @@ class Expectation(_Strict):
     running: list[str]
     stopped: list[str]
     storage_criterion_after_phase1: bool
+    # After phase 1 and phase 2: success criterion id -> the verdict verify must give on such a host.
+    criteria_after_phase2: dict[str, str] = Field(default_factory=dict)
 
 
 class JunkFile(_Strict):

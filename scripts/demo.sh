@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job end to end on a fresh local sandbox fleet: analyze -> plan -> phase1 -> verify -> status -> hygiene.
+# The main job end to end on a fresh local sandbox fleet: analyze -> phase1 -> phase2 -> verify -> status -> hygiene.
 # Usage: scripts/demo.sh HOSTS DIR STATE   (make demo passes them)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +28,20 @@ run "4. Phase 1 plan: exactly what will be removed, what it frees, what is prote
   acgs-remediate plan phase1 --hosts all
 run "5. Phase 1: emergency cleanup across the fleet" acgs-remediate phase1 --hosts all --yes
 run "6. Phase 1 again: every host already done, nothing changes" acgs-remediate phase1 --hosts all --yes
-run "7. Verify after phase 1 (build criteria stay 'not verified' until phase 2 lands)" \
-  acgs-remediate verify --hosts all --junit reports/verify.xml
-run "8. Where every host stands" acgs-remediate status
-run "9. Hygiene, the scheduled run (cron/systemd/AWX): after phase 1 every host is clean, nothing to do" \
+run "7. Verify after phase 1 (build criteria stay 'not verified' until phase 2 builds)" \
+  acgs-remediate verify --hosts all
+run "8. Phase 2 plan: per service its optimized Dockerfile, source hash, build once, ship, release tag" \
+  acgs-remediate plan phase2 --hosts all
+run "9. Phase 2: build each optimized image once, gate it, ship it to every host, move the release tags" \
+  acgs-remediate phase2 --hosts all --yes
+run "10. Phase 2 again with --force: unchanged sources, nothing rebuilt, nothing changed" \
+  acgs-remediate phase2 --hosts all --yes --force
+run "11. Verify after phases 1 and 2" acgs-remediate verify --hosts all --junit reports/verify.xml
+run "12. The report again: service images before -> after (also in reports/analyze-after.html)" \
+  acgs-remediate analyze --hosts all
+acgs-remediate analyze --hosts all --format html -o reports/analyze-after.html >/dev/null 2>&1
+run "13. Where every host stands" acgs-remediate status
+run "14. Hygiene, the scheduled run (cron/systemd/AWX): after phases 1 and 2 every host is clean, nothing to do" \
   acgs-remediate hygiene --hosts all --yes --metrics-file reports/acgs_hygiene.prom
-printf '\nReports: reports/analyze.md, reports/analyze.html, reports/verify.xml, reports/acgs_hygiene.prom. Stop the fleet: make demo-down\n'
+printf '\nReports: reports/analyze.md, reports/analyze.html, reports/analyze-after.html, reports/verify.xml, '
+printf 'reports/acgs_hygiene.prom. Stop the fleet: make demo-down\n'

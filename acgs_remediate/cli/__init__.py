@@ -53,6 +53,7 @@ _COMMAND_MODULES = {
     "analyze": "analyze",
     "plan": "phases",
     "phase1": "phases",
+    "phase2": "phase2",
     "phase3": "deploy",
     "rollback": "deploy",
     "hygiene": "hygiene",

@@ -117,7 +117,15 @@ def analyze(
         import dockerfile_parse  # noqa: F401 - the doctor imports it on first use; load it now, while we wait
 
         from .. import analysis, doctor
-        from ..report import HostReport, baseline_change, build_report, host_status, render, render_rich
+        from ..report import (
+            HostReport,
+            baseline_change,
+            build_report,
+            host_status,
+            optimized_services,
+            render,
+            render_rich,
+        )
 
         snapshots, unreachable = collecting.result()
 
@@ -153,9 +161,24 @@ def analyze(
             continue
         done.add(key)
         builds += doctor.check_services(policy, base=base_dir, snapshot=snapshots.get(h.name))
+    # Phase 2's results, once it has run: before -> after per service, from the build records.
+    records = {h.name: store.build_records(h.name) for h in fleet.hosts}
+    expected = {s.name: s.expected_size for p in policies.values() for s in p.services}
+    baseline_sizes: dict[str, int] = {}
+    for h in fleet.hosts:
+        if (b := store.baseline(h.name)) is not None:
+            for ref, size in b.per_image.items():
+                baseline_sizes[ref] = max(size, baseline_sizes.get(ref, 0))
     store.close()
 
-    report = build_report(host_reports, unreachable, builds, inventory=str(fleet.source), pattern=hosts)
+    report = build_report(
+        host_reports,
+        unreachable,
+        builds,
+        inventory=str(fleet.source),
+        pattern=hosts,
+        optimized=optimized_services(records, expected, baseline_sizes),
+    )
     if output is not None:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)

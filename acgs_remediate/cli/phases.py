@@ -294,6 +294,7 @@ def run_phase_command(
     force: bool,
     forks: int,
     plan_file: Path | None,
+    extra_output: Callable[[RunReport, OutputFormat], None] | None = None,
     on_report: Callable[[RunReport], None] | None = None,
 ) -> None:
     """Run ``phase`` through the shared flow, print its result, exit with its code (every phase command).
@@ -301,7 +302,9 @@ def run_phase_command(
     ``phase``: a phase name, or a PhaseSpec instance when the command configures it (a phase-specific
     option such as phase 2's ``--write`` becomes a field of its spec).
 
-    ``on_report`` receives the run's report before the command exits (hygiene writes its metrics from it).
+    ``extra_output(report, fmt)`` prints a phase's own result section after the summary (not for JSON: the
+    rows carry it). ``on_report`` receives the run's report before the command exits (hygiene writes its
+    metrics from it).
     """
     from ..orchestrate import RunOptions, run_phase
 
@@ -321,6 +324,8 @@ def run_phase_command(
     for style, line in report.diff:
         err.print(Text(line, style=style))
     _emit_summary(spec, report, fmt)
+    if extra_output is not None and fmt is not OutputFormat.json:
+        extra_output(report, fmt)
     code = report.exit_code()
     if code:
         raise typer.Exit(code)

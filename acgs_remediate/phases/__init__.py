@@ -15,6 +15,7 @@ from ..orchestrate import PhaseSpec
 # Phase name -> "module:class" (imported on first use, so a command loads only the phase it runs).
 _SPECS = {
     "phase1": "phase1:Phase1",
+    "phase2": "phase2:Phase2",
     "hygiene": "hygiene:Hygiene",
 }
 PHASE_NAMES: tuple[str, ...] = tuple(_SPECS)

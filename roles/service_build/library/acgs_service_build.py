@@ -91,6 +91,11 @@ options:
   state_db:
     description: The acgs-remediate state store (SQLite) to write build records to; empty writes none.
     type: path
+  record_hosts:
+    description: For O(state=built) with O(state_db), the hosts a failed or gated-out build is recorded for
+      (it is shipped nowhere, so no O(state=shipped) run records it).
+    type: list
+    elements: str
 requirements:
   - acgs_remediate importable by the module's Python (ansible_playbook_python), the docker CLI (BuildKit)
 """
@@ -176,6 +181,9 @@ def _built(module, b, p):
             entry["error"] = exc.message
             failures.append(exc.message)
         images.append(entry)
+        if p["state_db"] and p["record_hosts"] and not module.check_mode:
+            # A build that failed, or was gated out, is shipped nowhere: record it here for every host.
+            _record_failure(b, p, source, entry)
     changed = any(i.get("built") or i.get("pushed") for i in images)
     would = [f"{i['service']}: build {i['candidate']}" for i in images if i.get("built")]
     would += [f"{i['service']}: push to {i['registry_repo']}" for i in images
@@ -185,6 +193,24 @@ def _built(module, b, p):
     if module._diff:
         result["diff"] = {"before": before, "after": after}
     module.exit_json(**result)
+
+
+def _record_failure(b, p, source, entry):
+    from acgs_remediate.models import GateVerdict
+    from acgs_remediate.state import StateStore
+
+    if not entry.get("error") and entry.get("gates_passed"):
+        return
+    fields = {f.name for f in dataclasses.fields(b.BuiltImage)}
+    image = b.BuiltImage(**{k: v for k, v in entry.items() if k in fields}) if "image_id" in entry else None
+    outcome = b.ServiceOutcome(source, image, error=entry.get("error"))
+    outcome.gates = [GateVerdict(**g) for g in entry.get("gates") or []]
+    store = StateStore(Path(p["state_db"]))
+    try:
+        for record in b.records_for(outcome, list(p["record_hosts"]), store):
+            store.add_build_record(record)
+    finally:
+        store.close()
 
 
 def _shipped(module, b, p):
@@ -281,6 +307,7 @@ def main() -> None:
             "images": {"type": "list", "elements": "dict"},
             "release": {"type": "bool", "default": True},
             "state_db": {"type": "path"},
+            "record_hosts": {"type": "list", "elements": "str"},
         },
         required_if=[("state", "built", ("policy",)), ("state", "shipped", ("images", "builder"))],
         supports_check_mode=True,
