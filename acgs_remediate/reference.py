@@ -51,7 +51,7 @@ _PATH_COMPONENT_RE = re.compile(r"^" + _PATH_COMPONENT + r"$", re.ASCII)
 PATH_MAX = 255  # reference.go RepositoryNameTotalLengthMax
 _ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@[]")
 _WILDCARDS = frozenset("*?[]!")
-_FILLERS = ("a", "", ":a", "/a", "a" * 64)  # what a wildcard is tried as (see pattern_problems)
+_FILLERS = ("a", "", ":a", "/a", "a" * 64, "sha256:" + "a" * 64)  # what a wildcard is tried as (see pattern_problems)
 _MAX_COMBINED_WILDCARDS = 4
 
 

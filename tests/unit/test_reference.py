@@ -70,6 +70,7 @@ def test_invalid_references_say_why(ref, why):
         "acgs-base/*",
         "localhost:5000/*",
         "*@sha256:*",
+        "*/postgres@*",
         "acgs/[ab]*:v?",
         "*-*",
         "sha256:*",
