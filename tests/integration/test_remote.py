@@ -83,13 +83,36 @@ def _analyze(sb: Sandbox, transport: str, state: Path) -> dict[str, Any]:
     }
 
 
+def _without_fresh_window(sb: Sandbox, directory: Path) -> None:
+    """Copy the fleet's inventories into ``directory`` with both minimum ages at 0s (everything else as written)."""
+    (directory / "group_vars").mkdir(parents=True)
+    text = (sb.directory / "group_vars" / "all.yml").read_text()
+    for key in ("fresh_min_age", "dangling_min_age"):
+        assert f"  {key}: 60s\n" in text, key
+        text = text.replace(f"  {key}: 60s\n", f"  {key}: 0s\n")
+    (directory / "group_vars" / "all.yml").write_text(text)
+    for transport in ("unix", "ssh", "tls"):
+        name = f"inventory-{transport}.yml"
+        (directory / name).write_text((sb.directory / name).read_text())
+
+
 def test_analyze_over_ssh_and_tls_equals_unix(remote_sandbox: Sandbox, tmp_path: Path) -> None:
     sb = remote_sandbox
     unix = _analyze(sb, "unix", tmp_path / "unix.db")
     # Each host's own engine answers (the hosts differ: engine IDs, and a per-host scenario variant).
     assert len({json.dumps(h, sort_keys=True) for h in unix.values()}) == TEST_HOSTS
+    # Over ssh/TLS this machine cannot read the engine's image store, so an image with no LastTagTime and no
+    # recorded event has no known arrival: it is kept as fresh (never guessed old; issue 9 item 2) and said so.
+    remote = _analyze(sb, "ssh", tmp_path / "ssh-first.db")
+    reasons = {r for h in remote.values() for o in h["analysis"]["oversized"] for r in o["kept_because"]}
+    assert any("arrival unknown" in r for r in reasons), reasons
+    # With the minimum ages out of the way, every finding over ssh and TLS equals what unix:// found.
+    plain = tmp_path / "nofresh"
+    _without_fresh_window(sb, plain)
+    sb_plain = type("Inventories", (), {"directory": plain})()
+    unix = _analyze(sb_plain, "unix", tmp_path / "unix-nofresh.db")  # type: ignore[arg-type]
     for transport in ("ssh", "tls"):
-        assert _analyze(sb, transport, tmp_path / f"{transport}.db") == unix, transport
+        assert _analyze(sb_plain, transport, tmp_path / f"{transport}.db") == unix, transport  # type: ignore[arg-type]
 
 
 def _phase1(sb: Sandbox, transport: str, state: Path, plan: Path) -> dict[str, dict[str, Any]]:
