@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from .doctor import read_context
 from .errors import EngineError, UsageError
 from .facts import describe_error, engine_api
-from .models import BuildRecord, GateVerdict
+from .models import BuildRecord, GateVerdict, is_dangling
 
 if TYPE_CHECKING:
     from .config import Policy
@@ -968,6 +968,13 @@ def image_for(snapshot: HostSnapshot, digest: str) -> ImageFact | None:
 
 
 def dangling_ids(host: Host) -> set[str]:
-    """Return the IDs of the images ``host``'s engine lists as dangling (``docker images -f dangling=true``)."""
+    """Return the IDs of ``host``'s dangling images: no tag and no repository digest (``models.is_dangling``).
+
+    Not the engine's ``dangling=true`` filter: it also lists images pulled by digest, which are named.
+    """
     with engine_api(host) as api:
-        return {str(i["Id"]) for i in api.images(filters={"dangling": "true"}) or []}
+        return {
+            str(i["Id"])
+            for i in api.images() or []
+            if is_dangling(i.get("RepoTags") or [], i.get("RepoDigests") or [])
+        }

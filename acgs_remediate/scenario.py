@@ -1499,7 +1499,14 @@ def apply_variant(docker_host: str, scenario: Scenario, index: int, count: int, 
         _remove_image(client, ref, log)
     if variant.prune_dangling:
         used = {c.attrs["Image"] for c in client.containers.list(all=True)}
-        dangling = [img for img in client.images.list(filters={"dangling": True}) if img.id not in used]
+        # Dangling = no tag and no digest (models.is_dangling), not the engine's filter (it lists digest-only images).
+        from .models import is_dangling
+
+        dangling = [
+            img
+            for img in client.images.list()
+            if img.id not in used and is_dangling(img.attrs.get("RepoTags") or [], img.attrs.get("RepoDigests") or [])
+        ]
         dangling.sort(key=lambda img: img.attrs["Created"])
         for img in dangling[: variant.prune_dangling]:
             _remove_image(client, img.id, log)
