@@ -42,6 +42,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ OLD = 30 * 86400  # seconds: how long ago most images "arrived" (their image sto
 PROTECTED = ["chaos/keep*:*", "*:stable"]
 SERVICE_REPO = "chaos/svc"  # the policy's one service: its REPO:rollback-<id12> tags are kept for rollback
 TOLERANCE = 0.01  # predicted vs freed bytes
+ROLLBACK_KEEP = 2  # the policy's rollback_keep
 
 
 class ChaosError(RuntimeError):
@@ -437,6 +439,10 @@ class Truth:
     containers: dict[str, tuple[str, str, str]]  # container ID -> (name, state, image ID)
     volumes: dict[str, str]  # volume name -> sha256 of its files (paths and contents)
     own_bytes: int  # /system/df: LayersSize + unshared build cache
+    # For the rollback rule: container ID -> (image reference it was created from, created, running), and
+    # image ID -> created (RFC 3339 strings of one engine compare in time order once normalised to UTC).
+    container_refs: dict[str, tuple[str, str, bool]] = field(default_factory=dict)
+    created: dict[str, str] = field(default_factory=dict)
 
     def same_as(self, other: Truth) -> list[str]:
         """Return the differences from ``other`` (empty: nothing changed)."""
@@ -470,18 +476,22 @@ def _tree_sum(path: Path) -> str:
 def truth(eng: Engine) -> Truth:
     """Read ``eng``'s images, containers, volumes and bytes without the tool's code."""
     images: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+    created: dict[str, str] = {}
+    container_refs: dict[str, tuple[str, str, bool]] = {}
     top = eng.docker("images", "-q", "--no-trunc").split()
     if top:
         for info in json.loads(eng.docker("image", "inspect", *sorted(set(top)))):
             tags = frozenset(t for t in info.get("RepoTags") or [] if t != "<none>:<none>")
             digests = frozenset(d for d in info.get("RepoDigests") or [] if not d.startswith("<none>@"))
             images[info["Id"]] = (tags, digests)
+            created[info["Id"]] = info["Created"]
     all_images = set(eng.docker("images", "-aq", "--no-trunc").split())
     containers = {}
     ids = eng.docker("ps", "-aq", "--no-trunc").split()
     if ids:
         for c in json.loads(eng.docker("inspect", *ids)):
             containers[c["Id"]] = (c["Name"].lstrip("/"), c["State"]["Status"], c["Image"])
+            container_refs[c["Id"]] = (c["Config"]["Image"], c["Created"], c["State"]["Status"] == "running")
     volumes = {}
     names = eng.docker("volume", "ls", "-q").split()
     if names:
@@ -489,7 +499,8 @@ def truth(eng: Engine) -> Truth:
             volumes[v["Name"]] = _tree_sum(Path(v["Mountpoint"]))
     df = eng.api("/system/df")
     cache = sum(int(b.get("Size") or 0) for b in df.get("BuildCache") or [] if not b.get("Shared"))
-    return Truth(images, all_images, containers, volumes, int(df.get("LayersSize") or 0) + cache)
+    own = int(df.get("LayersSize") or 0) + cache
+    return Truth(images, all_images, containers, volumes, own, container_refs, created)
 
 
 @dataclass
@@ -515,7 +526,44 @@ def must_stay(t: Truth, patterns: list[str] = PROTECTED) -> MustStay:
         for i, names in t.images.items()
         if any(tag.startswith(f"{SERVICE_REPO}:rollback-") for tag in names[0])
     }
+    # The service (image chaos/svc:latest) deployed here: the image its current container runs (a running
+    # one, else the newest) and the previous ``rollback_keep`` images of its repository by creation time.
+    deployed = [(cid, ref) for cid, ref in t.container_refs.items() if ref[0] == f"{SERVICE_REPO}:latest"]
+    if deployed:
+        running = [d for d in deployed if d[1][2]] or deployed
+        current_cid = max(running, key=lambda d: d[1][1])[0]
+        current = t.containers[current_cid][2]
+        if current in t.images:
+            rollback[current] = t.images[current]
+
+            def utc(i: str) -> datetime:
+                return _rfc3339(t.created[i])
+
+            older = sorted(
+                (
+                    i
+                    for i, (tags, digests) in t.images.items()
+                    if i != current
+                    and utc(i) <= utc(current)
+                    and any(r.startswith((f"{SERVICE_REPO}:", f"{SERVICE_REPO}@")) for r in (*tags, *digests))
+                ),
+                key=utc,
+                reverse=True,
+            )
+            for i in older[:ROLLBACK_KEEP]:
+                rollback[i] = t.images[i]
     return MustStay(used, protected, rollback)
+
+
+def _rfc3339(value: str) -> datetime:
+    """Parse the engine's RFC 3339 time (nanoseconds, Z or an offset) to an aware datetime."""
+    value = value.replace("Z", "+00:00")
+    main, _, rest = value.partition(".")
+    if rest:
+        digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
+        offset = rest[len(digits) :]
+        value = f"{main}.{digits[:6].ljust(6, '0')}{offset}"
+    return datetime.fromisoformat(value)
 
 
 def violations(before: Truth, after: Truth, keep: MustStay) -> list[str]:
@@ -558,7 +606,7 @@ def write_inventory(workdir: Path, hosts: dict[str, dict[str, Any]], refs: list[
         "sources_root": str(workdir / "sources"),
         "oversized_images": [{"ref": r, "priority": "HIGH", "reason": "chaos"} for r in sorted(set(refs))],
         "protected_patterns": PROTECTED,
-        "rollback_keep": 2,
+        "rollback_keep": ROLLBACK_KEEP,
         "dangling_min_age": "0s",
         "fresh_min_age": "0s",
         "build_cache_budget": "0B",
@@ -658,14 +706,16 @@ def run_batch(
     # Phase 1 then hygiene on even first seeds, hygiene first on odd ones: each meets a state the other has
     # not cleaned (after phase 1's aggressive run hygiene mostly finds nothing left to remove).
     order = RUNS if seeds[0] % 2 == 0 else [RUNS[0], RUNS[2], RUNS[1]]
+    current = states  # what each engine holds now: a run's "after" is the next run's "before"
     for name, argv in order:
         for attempt in (1, 2):
-            before = {e.name: truth(e) for e, _ in pairs}
+            before = current
+            current = {}
             code, data, stderr = run_tool(workdir / "run", inventory, *argv)
             rows = _host_rows(data)
             for e, _ in pairs:
                 res = results[e.name]
-                after = truth(e)
+                after = current[e.name] = truth(e)
                 label = f"{name} #{attempt}"
                 if code != 0:
                     res.violations.append(f"{label}: exit {code}: {stderr.strip().splitlines()[-1:] or ''}")
@@ -697,7 +747,9 @@ def run_batch(
     return list(results.values())
 
 
-def write_report(results: list[StateResult], command: str, seconds: float, path: Path = RESULTS) -> None:
+def write_report(
+    results: list[StateResult], command: str, seconds: float, path: Path = RESULTS, planned: int | None = None
+) -> None:
     """Write bench/results/safety.md: states, removals, violations, worst prediction error, failing seeds."""
     failed = [r for r in results if r.violations]
     worst = max((r.worst_error for r in results), default=0.0)
@@ -719,10 +771,14 @@ def write_report(results: list[StateResult], command: str, seconds: float, path:
         "",
         "| figure | value |",
         "|---|---|",
-        f"| states | {len(results)} |",
+        f"| states | {len(results)}"
+        + (f" (of {planned} asked; still running or interrupted)" if planned and planned > len(results) else "")
+        + " |",
         f"| removals (images the engine no longer has after a run) | {sum(r.removals for r in results)} |",
         f"| violations | {sum(len(r.violations) for r in results)} |",
         f"| states with a violation | {len(failed)} |",
+        f"| seconds to build a state (mean, under that load) | "
+        f"{sum(r.built.seconds for r in results) / max(len(results), 1):.0f} |",
         f"| worst prediction error (predicted vs freed bytes) | {worst:.4%} |",
         f"| seeds of failures | {', '.join(str(r.seed) for r in failed) or 'none'} |",
         "",
@@ -748,8 +804,13 @@ def engines_of(sandbox: Any, workdir: Path) -> list[Engine]:
     return [Engine(name, v["docker_host"], workdir / name) for name, v in hosts.items()]
 
 
-def campaign(states: int, seed: int, hosts: int, directory: Path, log: Any = print) -> list[StateResult]:
-    """Run ``states`` states (seeds seed .. seed+states-1) on a ``hosts``-engine sandbox in ``directory``."""
+def campaign(
+    states: int, seed: int, hosts: int, directory: Path, log: Any = print, progress: Any = None
+) -> list[StateResult]:
+    """Run ``states`` states (seeds seed .. seed+states-1) on a ``hosts``-engine sandbox in ``directory``.
+
+    ``progress(results)`` is called after each batch with the results so far.
+    """
     from acgs_remediate.sandbox import Sandbox
 
     sb = Sandbox(directory)
@@ -764,6 +825,8 @@ def campaign(states: int, seed: int, hosts: int, directory: Path, log: Any = pri
         t0 = time.monotonic()
         results += run_batch(engines[: len(batch)], batch, registry, workdir, log=log)
         log(f"batch {batch}: {time.monotonic() - t0:.0f} s")
+        if progress is not None:
+            progress(results)  # the report so far: an interrupted campaign still leaves its figures
     return results
 
 
@@ -774,9 +837,15 @@ def main() -> int:
     hosts = int(os.environ.get("CHAOS_HOSTS") or 3)
     directory = Path(os.environ.get("CHAOS_DIR") or "/var/lib/acgs-chaos")
     t0 = time.monotonic()
-    results = campaign(states, seed, min(hosts, states), directory, log=lambda m: print(m, flush=True))
     command = f"make chaos CHAOS_STATES={states} CHAOS_SEED={seed} CHAOS_HOSTS={hosts}"
-    write_report(results, command, time.monotonic() - t0)
+
+    def progress(so_far: list[StateResult]) -> None:
+        write_report(so_far, command, time.monotonic() - t0, planned=states)
+
+    results = campaign(
+        states, seed, min(hosts, states), directory, log=lambda m: print(m, flush=True), progress=progress
+    )
+    write_report(results, command, time.monotonic() - t0, planned=states)
     bad = [r for r in results if r.violations]
     print(
         f"{len(results)} states, {sum(r.removals for r in results)} removals, "
