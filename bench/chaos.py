@@ -688,32 +688,52 @@ def run_batch(
         built = list(pool.map(lambda p: build_state(p[0], p[1], registry), pairs))
     results = {e.name: StateResult(seed, e.name, b) for (e, seed), b in zip(pairs, built, strict=True)}
     states = {e.name: truth(e) for e, _ in pairs}
-    refs = []
-    for t in states.values():
-        for tags, digests in t.images.values():
-            refs += [*tags, *digests]
-    hosts = {
-        e.name: {
-            "docker_host": e.docker_host,
-            "ansible_connection": "local",
-            "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-        }
-        for e, _ in pairs
+    # Per state, by its seed: hygiene then phase 1 (even seeds) or phase 1 then hygiene (odd seeds), so each
+    # meets states the other has not cleaned (after phase 1's aggressive run hygiene finds little left). The
+    # order is the seed's, whatever batch it runs in: a seed replays alone exactly. The states of one order
+    # run through one tool invocation per step (both orders' invocations run at once).
+    groups: dict[str, list[Engine]] = {}
+    for e, seed in pairs:
+        groups.setdefault("hyg-first" if seed % 2 == 0 else "p1-first", []).append(e)
+    steps = {
+        "p1-first": [RUNS[0], RUNS[0], RUNS[1], RUNS[1], RUNS[2], RUNS[2]],
+        "hyg-first": [RUNS[0], RUNS[0], RUNS[2], RUNS[2], RUNS[1], RUNS[1]],
     }
-    shutil.rmtree(workdir / "run", ignore_errors=True)
-    (workdir / "run").mkdir(parents=True)
-    inventory = write_inventory(workdir / "run", hosts, refs)
-    # Phase 1 then hygiene on even first seeds, hygiene first on odd ones: each meets a state the other has
-    # not cleaned (after phase 1's aggressive run hygiene mostly finds nothing left to remove).
-    order = RUNS if seeds[0] % 2 == 0 else [RUNS[0], RUNS[2], RUNS[1]]
+    inventories = {}
+    for key, members in groups.items():
+        refs: list[str] = []
+        for e in members:
+            for tags, digests in states[e.name].images.values():
+                refs += [*tags, *digests]
+        hosts = {
+            e.name: {
+                "docker_host": e.docker_host,
+                "ansible_connection": "local",
+                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+            }
+            for e in members
+        }
+        shutil.rmtree(workdir / key, ignore_errors=True)
+        (workdir / key).mkdir(parents=True)
+        inventories[key] = write_inventory(workdir / key, hosts, refs)
     current = states  # what each engine holds now: a run's "after" is the next run's "before"
-    for name, argv in order:
-        for attempt in (1, 2):
-            before = current
-            current = {}
-            code, data, stderr = run_tool(workdir / "run", inventory, *argv)
+    for k in range(6):
+        before = current
+        current = {}
+        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+            outcomes = dict(
+                zip(
+                    groups,
+                    pool.map(lambda key, k=k: run_tool(workdir / key, inventories[key], *steps[key][k][1]), groups),
+                    strict=True,
+                )
+            )
+        for key, members in groups.items():
+            name = steps[key][k][0]
+            attempt = 2 if k % 2 else 1
+            code, data, stderr = outcomes[key]
             rows = _host_rows(data)
-            for e, _ in pairs:
+            for e in members:
                 res = results[e.name]
                 after = current[e.name] = truth(e)
                 label = f"{name} #{attempt}"
