@@ -155,7 +155,9 @@ class _Gen:
         size = self.rng.choice([1_000, 4_000, 30_000, 200_000, 700_000, 1_500_000])
         return self.rng.randbytes(size)
 
-    def build(self, dockerfile: str, files: dict[str, bytes], tags: list[str], buildkit: bool = False) -> str:
+    def build(
+        self, dockerfile: str, files: dict[str, bytes], tags: list[str], buildkit: bool = False, track: bool = True
+    ) -> str:
         self.n += 1
         ctx = self.tmp / f"ctx{self.n}"
         ctx.mkdir()
@@ -170,10 +172,19 @@ class _Gen:
         self.eng.docker(*args, str(ctx), buildkit=buildkit)
         self.built.count("buildkit builds" if buildkit else "classic builds")
         image_id = iidfile.read_text().strip()
-        self.built.images.append(image_id)
+        if track:
+            self.track(image_id)
         if tags:
             self.tagged.extend(tags)
         return image_id
+
+    def track(self, image_id: str) -> None:
+        """Record an image the generator made; draw whether it stays "just arrived"."""
+        self.built.images.append(image_id)
+        if self.rng.random() < 0.2:
+            # Left "just arrived" (hygiene keeps it by fresh_min_age; phase 1 at 0 s does not). Drawn here, in
+            # build order, so the same seed leaves the same images fresh (image IDs differ between builds).
+            self.built.fresh.add(image_id)
 
     def tags(self) -> list[str]:
         """Return 0-3 tags from a small pool (so tags collide: a rebuilt tag leaves its old image dangling)."""
@@ -203,15 +214,18 @@ class _Gen:
         if archive.exists():  # the same busybox base on every state: built once per engine, then loaded
             self.eng.docker("load", "-q", "-i", str(archive))
             self.tagged.append("chaos/base:1")
+            self.n += 1  # as the build would: later files are named alike either way
         else:
             busybox = Path(os.path.realpath(shutil.which("busybox") or "/bin/busybox")).read_bytes()
             self.build(
                 "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\n",
                 {"busybox": busybox},
                 ["chaos/base:1"],
+                track=False,
             )
             self.eng.docker("save", "-o", f"{archive}.tmp", "chaos/base:1")
             os.replace(f"{archive}.tmp", archive)
+        self.track(self.eng.docker("image", "inspect", "--format", "{{.Id}}", "chaos/base:1"))
         # A second base on the first (a classic parent chain), shared by what follows.
         self.build("FROM chaos/base:1\nCOPY blob /base2\n", {"blob": self.blob()}, ["chaos/base:2"])
 
@@ -415,12 +429,7 @@ def build_state(eng: Engine, seed: int, registry: str | None) -> Built:
             t1 = time.monotonic()
             step()
             gen.built.steps[step.__name__] = time.monotonic() - t1
-        top = set(eng.docker("images", "-q", "--no-trunc").split())
-        fresh = set(gen.built.fresh)
-        # A few more stay "just arrived" (hygiene keeps them by fresh_min_age; phase 1 at 0 s does not).
-        fresh |= {i for i in sorted(top) if gen.rng.random() < 0.2}
-        eng.age(fresh)
-        gen.built.fresh = fresh
+        eng.age(gen.built.fresh)
     finally:
         shutil.rmtree(gen.tmp, ignore_errors=True)
     gen.built.seconds = time.monotonic() - t0
@@ -614,7 +623,8 @@ def write_inventory(workdir: Path, hosts: dict[str, dict[str, Any]], refs: list[
         "hygiene": {
             "high_watermark": "1B",
             "low_watermark": "0B",
-            "fresh_min_age": "2m",
+            # Far from any run's clock: fresh images arrived minutes ago, the others 30 days ago.
+            "fresh_min_age": "1d",
             "dangling_min_age": "0s",
             "unused_min_age": "0s",
             "build_cache_budget": "0B",
