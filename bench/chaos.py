@@ -742,6 +742,8 @@ def run_batch(
             name = steps[key][k][0]
             attempt = 2 if k % 2 else 1
             code, data, stderr = outcomes[key]
+            # Kept for the post-mortem of a violation: what the tool planned, removed and skipped per host.
+            (workdir / key / f"{k + 1}-{steps[key][k][0]}.json").write_text(json.dumps(data, indent=1))
             rows = _host_rows(data)
             for e in members:
                 res = results[e.name]
