@@ -31,7 +31,7 @@ description:
   - The build cache is pruned down to the budget with the engine's keep-storage prune (API, not
     community.docker.docker_prune, which has no check mode).
   - Supports check mode (reports exactly what would be done, changes nothing) and diff mode.
-  - It talks to the engine with the project's own client (C(acgs_remediate.engine), standard library only):
+  - It talks to the engine with the project's own client (C(acgs_remediate.engine), standard library only) over
     unix://, tcp:// with TLS, and ssh:// (the C(ssh) binary running C(docker system dial-stdio) on the host,
     as the docker CLI does, so the user's ~/.ssh/config applies; under C(acgs-remediate) it joins the
     command's ssh connection instead of logging in again).

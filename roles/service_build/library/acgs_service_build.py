@@ -13,7 +13,7 @@ description:
     with BuildKit (C(docker build --network none); no stage images left behind), tags it C(REPO:build-HASH12),
     runs the gate check when O(gate) names one, and pushes it to O(registry) when one is given (the manifest
     digest is returned). A service that fails is reported in RV(failures), not raised, so the others still ship.
-  - O(state=shipped) (once per host) puts every image of O(images) whose gates passed on O(docker_host):
+  - O(state=shipped) (once per host) puts every image of O(images) whose gates passed on O(docker_host) -
     nothing when the host holds the image ID; else pulled by digest from the registry, or streamed from the
     builder's engine (export -> load). Then the service's release tag is moved to it; the image that tag named
     keeps a C(REPO:rollback-ID12) tag so it never turns dangling. With O(state_db), one build record per
