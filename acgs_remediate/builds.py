@@ -672,11 +672,25 @@ def ship(
     return ShipResult(target.name, image.service, image.image_id, method, True, True, time.monotonic() - t0)
 
 
-def policy_gate(policy: Policy, address: str = "127.0.98.1") -> Gate:
+SMOKE_NETWORK = "127.0.98"  # smoke tests bind 127.0.98.<n>: loopback, never a private range
+
+
+def smoke_address(policy: Policy, service: str) -> str:
+    """Return the 127.x address ``service``'s smoke test binds on the builder: 127.0.98.<its index + 1>.
+
+    Distinct per service, so the smoke tests of one run go in parallel without two services fighting over a port.
+    """
+    names = [s.name for s in policy.services]
+    index = names.index(service) if service in names else len(names)
+    return f"{SMOKE_NETWORK}.{index % 254 + 1}"
+
+
+def policy_gate(policy: Policy, address: str | None = None) -> Gate:
     """Return the phase-2 gates of ``policy`` as a Gate: ``gates.run_gates`` on the builder's engine (size cap,
     expected size, build time, smoke test with the image's HEALTHCHECK, dev-tool scan), each result as a
     GateVerdict. An image found already built (no build time measured now) skips the build-time gate.
-    ``address``: the 127.x address the smoke-tested service binds on the builder."""
+    ``address``: the 127.x address the smoke-tested service binds on the builder (None: ``smoke_address``,
+    one per service). An engine error while gating is a failed verdict (see ``safe_gates``), never raised."""
 
     def gate(builder: Host, source: BuildSource, image: BuiltImage) -> list[GateVerdict]:
         import docker
@@ -684,14 +698,33 @@ def policy_gate(policy: Policy, address: str = "127.0.98.1") -> Gate:
         from .gates import run_gates
 
         service = next(s for s in policy.services if s.name == source.service)
+        where = address or smoke_address(policy, source.service)
         client = docker.DockerClient(**builder.docker_client_kwargs())
         try:
-            report = run_gates(client, image.image_id, service, policy, build_seconds=image.seconds, address=address)
+            report = run_gates(client, image.image_id, service, policy, build_seconds=image.seconds, address=where)
         finally:
             client.close()
         return [GateVerdict(name=r.gate, passed=r.passed, detail=r.reason) for r in report.results]
 
     return gate
+
+
+def safe_gates(gate: Gate, builder: Host, source: BuildSource, image: BuiltImage) -> list[GateVerdict]:
+    """Return ``gate``'s verdicts; any error while gating (the engine died, a smoke container could not be
+    created, ...) becomes ONE failed verdict "gates" with a one-line reason naming the service and the host:
+    an image that could not be gated is never released, and the run reports why instead of a traceback."""
+    try:
+        return list(gate(builder, source, image))
+    except Exception as exc:  # the gate runs user-facing engine calls: every failure is a verdict
+        reason = describe_error(exc).strip().splitlines()
+        return [
+            GateVerdict(
+                name="gates",
+                passed=False,
+                detail=f"service {source.service} on {builder.name}: the gates could not run: "
+                + (reason[0] if reason else type(exc).__name__),
+            )
+        ]
 
 
 def gated_before(builder: Host, source: BuildSource, image: BuiltImage) -> bool:
@@ -790,6 +823,69 @@ def pick_builder(hosts: Sequence[Host], policy: Policy, builder: str | None = No
     )
 
 
+def build_all(
+    builder: Host,
+    sources: Sequence[BuildSource],
+    *,
+    gate: Gate | None = None,
+    registry: str | None = None,
+    check: bool = False,
+    log: Log = _quiet,
+    build_slots: int = 2,
+) -> list[ServiceOutcome]:
+    """Build every source on ``builder``, gate it and push it to ``registry``; return one outcome per source.
+
+    Each service is a pipeline of its own: build (at most ``build_slots`` builds at once: BuildKit already
+    works in parallel inside a build, and the builder is one machine), then its gates (``safe_gates``: an
+    engine error is a failed verdict), then the push (only when the gates passed). Gates and pushes of a
+    finished build run while the next builds go on; the smoke tests of different services run at the same
+    time, each on its own 127.x address (``smoke_address``). An image found already built that passed its
+    gates before (``gated_before``) is not gated again. Failures never raise: ``error`` names the service
+    and the builder; ``image`` stays set when the build succeeded and only the push failed.
+    """
+    import threading
+
+    outcomes = [ServiceOutcome(s) for s in sources]
+    slots = threading.Semaphore(max(1, build_slots))
+    if gate is not None and not check:
+        _remove_smoke_leftovers(builder)
+
+    def one(outcome: ServiceOutcome) -> None:
+        try:
+            with slots:
+                image = build(builder, outcome.source, check=check, log=log)
+            if gate is not None and image.image_id and not gated_before(builder, outcome.source, image):
+                outcome.gates = safe_gates(gate, builder, outcome.source, image)
+            if registry and outcome.gates_passed and image.image_id:
+                image = publish(builder, image, outcome.source, registry, check=check)
+            outcome.image = image
+        except (BuildError, UsageError) as exc:
+            outcome.error = exc.message
+
+    with ThreadPoolExecutor(max_workers=max(1, len(outcomes))) as pool:
+        list(pool.map(one, outcomes))
+    return outcomes
+
+
+def _remove_smoke_leftovers(builder: Host) -> None:
+    """Remove smoke-test and scan containers a killed run left on the builder (they hold candidate images)."""
+    from .gates import SMOKE_LABEL
+
+    try:
+        with engine_api(builder) as api:
+            for c in api.containers(all=True):
+                if SMOKE_LABEL not in (c.get("Labels") or {}):
+                    continue
+                try:
+                    if c.get("State") == "running":
+                        api.stop(c["Id"], timeout=5)
+                    api.remove_container(c["Id"], v=True)
+                except Exception:
+                    continue  # best effort: the build's own errors say what is wrong with the engine
+    except Exception:
+        return
+
+
 def build_and_ship(
     hosts: Sequence[Host],
     policy: Policy,
@@ -818,24 +914,7 @@ def build_and_ship(
     chosen = pick_builder(hosts, policy, builder)
     reg = (registry or policy.registry) if use_registry else None
     sources = sources_from_policy(policy, base, dockerfiles, services)
-    outcomes = [ServiceOutcome(s) for s in sources]
-
-    def build_one(outcome: ServiceOutcome) -> None:
-        try:
-            image = build(chosen, outcome.source, check=check, log=log)
-            if gate is not None and image.image_id and not gated_before(chosen, outcome.source, image):
-                outcome.gates = list(gate(chosen, outcome.source, image))
-            if reg and outcome.gates_passed and image.image_id:
-                image = publish(chosen, image, outcome.source, reg, check=check)
-            outcome.image = image
-        except BuildError as exc:
-            outcome.error = exc.message
-        except UsageError as exc:
-            outcome.error = exc.message
-
-    # Two builds at a time: BuildKit parallelises inside a build, and the builder is one machine.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(build_one, outcomes))
+    outcomes = build_all(chosen, sources, gate=gate, registry=reg, check=check, log=log)
 
     ready = [o for o in outcomes if o.image is not None and o.error is None and o.gates_passed]
 
