@@ -33,6 +33,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -672,17 +673,18 @@ def ship(
     return ShipResult(target.name, image.service, image.image_id, method, True, True, time.monotonic() - t0)
 
 
-SMOKE_NETWORK = "127.0.98"  # smoke tests bind 127.0.98.<n>: loopback, never a private range
+def smoke_address(policy: Policy, service: str, builder: str = "") -> str:
+    """Return the loopback address ``service``'s smoke test binds on the builder: 127.98.<b>.<n>.
 
-
-def smoke_address(policy: Policy, service: str) -> str:
-    """Return the 127.x address ``service``'s smoke test binds on the builder: 127.0.98.<its index + 1>.
-
-    Distinct per service, so the smoke tests of one run go in parallel without two services fighting over a port.
+    <n> is the service's index + 1 in the policy, so the smoke tests of one run go in parallel without two
+    services fighting over an address and port; <b> is derived from the builder's endpoint (``builder``, its
+    ``docker_host``), so runs on different fleets of one machine do not meet either. Always 127.0.0.0/8
+    (loopback): never a private range.
     """
     names = [s.name for s in policy.services]
     index = names.index(service) if service in names else len(names)
-    return f"{SMOKE_NETWORK}.{index % 254 + 1}"
+    fleet = zlib.crc32(builder.encode()) % 254 + 1 if builder else 0
+    return f"127.98.{fleet}.{index % 254 + 1}"
 
 
 def policy_gate(policy: Policy, address: str | None = None) -> Gate:
@@ -698,7 +700,7 @@ def policy_gate(policy: Policy, address: str | None = None) -> Gate:
         from .gates import run_gates
 
         service = next(s for s in policy.services if s.name == source.service)
-        where = address or smoke_address(policy, source.service)
+        where = address or smoke_address(policy, source.service, builder.docker_host)
         client = docker.DockerClient(**builder.docker_client_kwargs())
         try:
             report = run_gates(client, image.image_id, service, policy, build_seconds=image.seconds, address=where)

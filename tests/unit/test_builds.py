@@ -179,5 +179,7 @@ def test_each_service_smoke_tests_on_its_own_loopback_address() -> None:
     policy = parse_policy(
         {"services": [{"name": n, "image": f"{n}:latest", "context": n} for n in names]}, "test policy"
     )
-    addresses = [smoke_address(policy, n) for n in names]
+    addresses = [smoke_address(policy, n, "unix:///var/lib/acgs-t/h01/docker.sock") for n in names]
     assert len(set(addresses)) == 3 and all(a.startswith("127.") for a in addresses)
+    # Another fleet's builder on the same machine smoke-tests on other addresses.
+    assert smoke_address(policy, "a", "unix:///var/lib/acgs-u/h01/docker.sock") not in addresses
