@@ -834,6 +834,7 @@ def build_all(
     check: bool = False,
     log: Log = _quiet,
     build_slots: int = 2,
+    gate_slots: int | None = None,
 ) -> list[ServiceOutcome]:
     """Build every source on ``builder``, gate it and push it to ``registry``; return one outcome per source.
 
@@ -842,13 +843,17 @@ def build_all(
     engine error is a failed verdict), then the push (only when the gates passed). Gates and pushes of a
     finished build run while the next builds go on; the smoke tests of different services run at the same
     time, each on its own 127.x address (``smoke_address``). An image found already built that passed its
-    gates before (``gated_before``) is not gated again. Failures never raise: ``error`` names the service
-    and the builder; ``image`` stays set when the build succeeded and only the push failed.
+    gates before (``gated_before``) is not gated again. At most ``gate_slots`` services are gated at once
+    (default: the machine's CPU count, at least 2): each smoke test starts the service and runs its own
+    HEALTHCHECK with the image's timeout, and on a saturated machine more at once only makes checks time out
+    that pass alone. Failures never raise: ``error`` names the service and the builder, and ``image`` stays
+    None (a failed push ships nothing; a re-run finds the build and pushes it).
     """
     import threading
 
     outcomes = [ServiceOutcome(s) for s in sources]
     slots = threading.Semaphore(max(1, build_slots))
+    gating = threading.Semaphore(max(1, gate_slots if gate_slots is not None else max(2, os.cpu_count() or 2)))
     if gate is not None and not check:
         _remove_smoke_leftovers(builder)
 
@@ -857,7 +862,8 @@ def build_all(
             with slots:
                 image = build(builder, outcome.source, check=check, log=log)
             if gate is not None and image.image_id and not gated_before(builder, outcome.source, image):
-                outcome.gates = safe_gates(gate, builder, outcome.source, image)
+                with gating:
+                    outcome.gates = safe_gates(gate, builder, outcome.source, image)
             if registry and outcome.gates_passed and image.image_id:
                 image = publish(builder, image, outcome.source, registry, check=check)
             outcome.image = image
