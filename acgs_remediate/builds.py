@@ -838,40 +838,51 @@ def build_all(
 ) -> list[ServiceOutcome]:
     """Build every source on ``builder``, gate it and push it to ``registry``; return one outcome per source.
 
-    Each service is a pipeline of its own: build (at most ``build_slots`` builds at once: BuildKit already
-    works in parallel inside a build, and the builder is one machine), then its gates (``safe_gates``: an
-    engine error is a failed verdict), then the push (only when the gates passed). Gates and pushes of a
-    finished build run while the next builds go on; the smoke tests of different services run at the same
-    time, each on its own 127.x address (``smoke_address``). An image found already built that passed its
-    gates before (``gated_before``) is not gated again. At most ``gate_slots`` services are gated at once
-    (default: the machine's CPU count, at least 2): each smoke test starts the service and runs its own
-    HEALTHCHECK with the image's timeout, and on a saturated machine more at once only makes checks time out
-    that pass alone. Failures never raise: ``error`` names the service and the builder, and ``image`` stays
-    None (a failed push ships nothing; a re-run finds the build and pushes it).
+    Three steps over all services: the builds (at most ``build_slots`` at once: BuildKit already works in
+    parallel inside a build, and the builder is one machine); then the gates of every image that built
+    (``safe_gates``: an engine error is a failed verdict), ``gate_slots`` at once (default: the machine's CPU
+    count, at least 2), each smoke test on its own loopback address (``smoke_address``) — side by side, but
+    never beside a build, whose pip installs would make the images' own health checks time out; then the
+    pushes of the images whose gates passed, all at once. An image found already built that passed its gates
+    before (``gated_before``) is not gated again. Failures never raise: ``error`` names the service and the
+    builder, and ``image`` stays None (a failed push ships nothing; a re-run finds the build and pushes it).
     """
-    import threading
-
     outcomes = [ServiceOutcome(s) for s in sources]
-    slots = threading.Semaphore(max(1, build_slots))
-    gating = threading.Semaphore(max(1, gate_slots if gate_slots is not None else max(2, os.cpu_count() or 2)))
     if gate is not None and not check:
         _remove_smoke_leftovers(builder)
+    built: dict[int, BuiltImage] = {}
 
-    def one(outcome: ServiceOutcome) -> None:
+    def build_one(i: int) -> None:
         try:
-            with slots:
-                image = build(builder, outcome.source, check=check, log=log)
-            if gate is not None and image.image_id and not gated_before(builder, outcome.source, image):
-                with gating:
-                    outcome.gates = safe_gates(gate, builder, outcome.source, image)
-            if registry and outcome.gates_passed and image.image_id:
-                image = publish(builder, image, outcome.source, registry, check=check)
-            outcome.image = image
+            built[i] = build(builder, outcomes[i].source, check=check, log=log)
         except (BuildError, UsageError) as exc:
-            outcome.error = exc.message
+            outcomes[i].error = exc.message
 
-    with ThreadPoolExecutor(max_workers=max(1, len(outcomes))) as pool:
-        list(pool.map(one, outcomes))
+    def gate_one(i: int) -> None:
+        image = built[i]
+        try:
+            if gate is not None and image.image_id and not gated_before(builder, outcomes[i].source, image):
+                outcomes[i].gates = safe_gates(gate, builder, outcomes[i].source, image)
+        except (BuildError, UsageError) as exc:
+            outcomes[i].error = exc.message
+
+    def publish_one(i: int) -> None:
+        image = built[i]
+        try:
+            if registry and outcomes[i].gates_passed and image.image_id:
+                image = publish(builder, image, outcomes[i].source, registry, check=check)
+            outcomes[i].image = image
+        except (BuildError, UsageError) as exc:
+            outcomes[i].error = exc.message
+
+    indexes = list(range(len(outcomes)))
+    gate_workers = gate_slots if gate_slots is not None else max(2, os.cpu_count() or 2)
+    # Builds first (they are what loads the machine), then the gates side by side on a builder that is no
+    # longer building (a smoke test beside two pip installs times out its own health check), then the pushes.
+    for step, workers in ((build_one, build_slots), (gate_one, gate_workers), (publish_one, len(indexes))):
+        todo = [i for i in indexes if outcomes[i].error is None and (step is build_one or i in built)]
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo) or 1))) as pool:
+            list(pool.map(step, todo))
     return outcomes
 
 
