@@ -13,7 +13,7 @@ description:
     with BuildKit (C(docker build --network none); no stage images left behind), tags it C(REPO:build-HASH12),
     runs the gate check when O(gate) names one, and pushes it to O(registry) when one is given (the manifest
     digest is returned). A service that fails is reported in RV(failures), not raised, so the others still ship.
-  - O(state=shipped) (once per host) puts every image of O(images) whose gates passed on O(docker_host):
+  - O(state=shipped) (once per host) puts every image of O(images) whose gates passed on O(docker_host) -
     nothing when the host holds the image ID; else pulled by digest from the registry, or streamed from the
     builder's engine (export -> load). Then the service's release tag is moved to it; the image that tag named
     keeps a C(REPO:rollback-ID12) tag so it never turns dangling. With O(state_db), one build record per
@@ -180,8 +180,8 @@ def _built(module, b, p):
     builder = _host(Host, p["host_name"], p, p["timeout"])
     images, before, after = [], {}, {}
     failures = [f"service {name} on {builder.name}: skipped, {why}" for name, why in skipped.items()]
-    # Builds two at a time; each service's gates (its smoke test on its own 127.x address) and push run as
-    # soon as its build is done, beside the other builds (builds.build_all).
+    # Every build first (two at a time), then the gates side by side (each smoke test on its own loopback
+    # address), then the pushes (builds.build_all).
     outcomes = b.build_all(builder, sources, gate=gate, registry=p["registry"] or None, check=module.check_mode)
     for outcome in outcomes:
         source, image, gates = outcome.source, outcome.image, outcome.gates
