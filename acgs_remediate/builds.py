@@ -33,6 +33,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -679,11 +680,26 @@ def ship(
     return ShipResult(target.name, image.service, image.image_id, method, True, True, time.monotonic() - t0)
 
 
-def policy_gate(policy: Policy, address: str = "127.0.98.1") -> Gate:
+def smoke_address(policy: Policy, service: str, builder: str = "") -> str:
+    """Return the loopback address ``service``'s smoke test binds on the builder: 127.98.<b>.<n>.
+
+    <n> is the service's index + 1 in the policy, so the smoke tests of one run go in parallel without two
+    services fighting over an address and port; <b> is derived from the builder's endpoint (``builder``, its
+    ``docker_host``), so runs on different fleets of one machine do not meet either. Always 127.0.0.0/8
+    (loopback): never a private range.
+    """
+    names = [s.name for s in policy.services]
+    index = names.index(service) if service in names else len(names)
+    fleet = zlib.crc32(builder.encode()) % 254 + 1 if builder else 0
+    return f"127.98.{fleet}.{index % 254 + 1}"
+
+
+def policy_gate(policy: Policy, address: str | None = None) -> Gate:
     """Return the phase-2 gates of ``policy`` as a Gate: ``gates.run_gates`` on the builder's engine (size cap,
     expected size, build time, smoke test with the image's HEALTHCHECK, dev-tool scan), each result as a
     GateVerdict. An image found already built (no build time measured now) skips the build-time gate.
-    ``address``: the 127.x address the smoke-tested service binds on the builder."""
+    ``address``: the 127.x address the smoke-tested service binds on the builder (None: ``smoke_address``,
+    one per service). An engine error while gating is a failed verdict (see ``safe_gates``), never raised."""
 
     def gate(builder: Host, source: BuildSource, image: BuiltImage) -> list[GateVerdict]:
         import docker
@@ -691,6 +707,7 @@ def policy_gate(policy: Policy, address: str = "127.0.98.1") -> Gate:
         from .gates import run_gates
 
         service = next(s for s in policy.services if s.name == source.service)
+        where = address or smoke_address(policy, source.service, builder.docker_host)
         # The SDK's own ssh:// needs paramiko: over ssh:// it gets a local socket piped through our ssh instead
         # (engine.local_socket: docker_ssh_config honoured, the host's one connection joined).
         with local_socket(Endpoint.of(builder)) as url:
@@ -699,14 +716,30 @@ def policy_gate(policy: Policy, address: str = "127.0.98.1") -> Gate:
                 kwargs.update(base_url=url, use_ssh_client=False)
             client = docker.DockerClient(**kwargs)
             try:
-                report = run_gates(
-                    client, image.image_id, service, policy, build_seconds=image.seconds, address=address
-                )
+                report = run_gates(client, image.image_id, service, policy, build_seconds=image.seconds, address=where)
             finally:
                 client.close()
         return [GateVerdict(name=r.gate, passed=r.passed, detail=r.reason) for r in report.results]
 
     return gate
+
+
+def safe_gates(gate: Gate, builder: Host, source: BuildSource, image: BuiltImage) -> list[GateVerdict]:
+    """Return ``gate``'s verdicts; any error while gating (the engine died, a smoke container could not be
+    created, ...) becomes ONE failed verdict "gates" with a one-line reason naming the service and the host:
+    an image that could not be gated is never released, and the run reports why instead of a traceback."""
+    try:
+        return list(gate(builder, source, image))
+    except Exception as exc:  # the gate runs user-facing engine calls: every failure is a verdict
+        reason = describe_error(exc).strip().splitlines()
+        return [
+            GateVerdict(
+                name="gates",
+                passed=False,
+                detail=f"service {source.service} on {builder.name}: the gates could not run: "
+                + (reason[0] if reason else type(exc).__name__),
+            )
+        ]
 
 
 def gated_before(builder: Host, source: BuildSource, image: BuiltImage) -> bool:
@@ -805,6 +838,86 @@ def pick_builder(hosts: Sequence[Host], policy: Policy, builder: str | None = No
     )
 
 
+def build_all(
+    builder: Host,
+    sources: Sequence[BuildSource],
+    *,
+    gate: Gate | None = None,
+    registry: str | None = None,
+    check: bool = False,
+    log: Log = _quiet,
+    build_slots: int = 2,
+    gate_slots: int | None = None,
+) -> list[ServiceOutcome]:
+    """Build every source on ``builder``, gate it and push it to ``registry``; return one outcome per source.
+
+    Three steps over all services: the builds (at most ``build_slots`` at once: BuildKit already works in
+    parallel inside a build, and the builder is one machine); then the gates of every image that built
+    (``safe_gates``: an engine error is a failed verdict), ``gate_slots`` at once (default: the machine's CPU
+    count, at least 2), each smoke test on its own loopback address (``smoke_address``) — side by side, but
+    never beside a build, whose pip installs would make the images' own health checks time out; then the
+    pushes of the images whose gates passed, all at once. An image found already built that passed its gates
+    before (``gated_before``) is not gated again. Failures never raise: ``error`` names the service and the
+    builder, and ``image`` stays None (a failed push ships nothing; a re-run finds the build and pushes it).
+    """
+    outcomes = [ServiceOutcome(s) for s in sources]
+    if gate is not None and not check:
+        _remove_smoke_leftovers(builder)
+    built: dict[int, BuiltImage] = {}
+
+    def build_one(i: int) -> None:
+        try:
+            built[i] = build(builder, outcomes[i].source, check=check, log=log)
+        except (BuildError, UsageError) as exc:
+            outcomes[i].error = exc.message
+
+    def gate_one(i: int) -> None:
+        image = built[i]
+        try:
+            if gate is not None and image.image_id and not gated_before(builder, outcomes[i].source, image):
+                outcomes[i].gates = safe_gates(gate, builder, outcomes[i].source, image)
+        except (BuildError, UsageError) as exc:
+            outcomes[i].error = exc.message
+
+    def publish_one(i: int) -> None:
+        image = built[i]
+        try:
+            if registry and outcomes[i].gates_passed and image.image_id:
+                image = publish(builder, image, outcomes[i].source, registry, check=check)
+            outcomes[i].image = image
+        except (BuildError, UsageError) as exc:
+            outcomes[i].error = exc.message
+
+    indexes = list(range(len(outcomes)))
+    gate_workers = gate_slots if gate_slots is not None else max(2, os.cpu_count() or 2)
+    # Builds first (they are what loads the machine), then the gates side by side on a builder that is no
+    # longer building (a smoke test beside two pip installs times out its own health check), then the pushes.
+    for step, workers in ((build_one, build_slots), (gate_one, gate_workers), (publish_one, len(indexes))):
+        todo = [i for i in indexes if outcomes[i].error is None and (step is build_one or i in built)]
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo) or 1))) as pool:
+            list(pool.map(step, todo))
+    return outcomes
+
+
+def _remove_smoke_leftovers(builder: Host) -> None:
+    """Remove smoke-test and scan containers a killed run left on the builder (they hold candidate images)."""
+    from .gates import SMOKE_LABEL
+
+    try:
+        with engine_api(builder) as api:
+            for c in api.containers(all=True):
+                if SMOKE_LABEL not in (c.get("Labels") or {}):
+                    continue
+                try:
+                    if c.get("State") == "running":
+                        api.stop(c["Id"], timeout=5)
+                    api.remove_container(c["Id"], v=True)
+                except Exception:
+                    continue  # best effort: the build's own errors say what is wrong with the engine
+    except Exception:
+        return
+
+
 def build_and_ship(
     hosts: Sequence[Host],
     policy: Policy,
@@ -833,24 +946,7 @@ def build_and_ship(
     chosen = pick_builder(hosts, policy, builder)
     reg = (registry or policy.registry) if use_registry else None
     sources = sources_from_policy(policy, base, dockerfiles, services)
-    outcomes = [ServiceOutcome(s) for s in sources]
-
-    def build_one(outcome: ServiceOutcome) -> None:
-        try:
-            image = build(chosen, outcome.source, check=check, log=log)
-            if gate is not None and image.image_id and not gated_before(chosen, outcome.source, image):
-                outcome.gates = list(gate(chosen, outcome.source, image))
-            if reg and outcome.gates_passed and image.image_id:
-                image = publish(chosen, image, outcome.source, reg, check=check)
-            outcome.image = image
-        except BuildError as exc:
-            outcome.error = exc.message
-        except UsageError as exc:
-            outcome.error = exc.message
-
-    # Two builds at a time: BuildKit parallelises inside a build, and the builder is one machine.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(build_one, outcomes))
+    outcomes = build_all(chosen, sources, gate=gate, registry=reg, check=check, log=log)
 
     ready = [o for o in outcomes if o.image is not None and o.error is None and o.gates_passed]
 

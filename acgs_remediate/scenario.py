@@ -435,6 +435,7 @@ class _Entry:
     zeros: int = 0
     target: str = ""
     mode: int = 0o644
+    sparse: bool = True  # zeros written as a PAX sparse member (see _sparse_member); False: real NUL bytes
 
     @property
     def size(self) -> int:
@@ -489,7 +490,7 @@ def _sparse_member(entry: _Entry) -> bytes:
 
 
 def _is_sparse(entry: _Entry) -> bool:
-    return entry.kind == "file" and entry.data is None and entry.host_file is None and entry.zeros > 0
+    return entry.sparse and entry.kind == "file" and entry.data is None and entry.host_file is None and entry.zeros > 0
 
 
 def _tar_size(entries: list[_Entry]) -> int:
@@ -516,6 +517,10 @@ def _tar_chunks(entries: list[_Entry]) -> Iterator[bytes]:
             with open(e.host_file, "rb") as fh:
                 while chunk := fh.read(_CHUNK):
                     yield chunk
+        else:  # dense zeros: the layer's tar is what a push or an export regenerates, byte for byte
+            zeros = bytes(_CHUNK)
+            for offset in range(0, e.zeros, _CHUNK):
+                yield zeros[: min(_CHUNK, e.zeros - offset)]
         if e.size % 512:
             yield bytes(512 - e.size % 512)
     yield bytes(1024)
@@ -954,8 +959,8 @@ _PULLED = {
 _BASES_CREATED = "2025-05-02T06:00:00Z"
 
 
-def _pad(path: str, size: int) -> _Entry:
-    return _Entry(path, zeros=max(size, 0))
+def _pad(path: str, size: int, *, sparse: bool = True) -> _Entry:
+    return _Entry(path, zeros=max(size, 0), sparse=sparse)
 
 
 def _fill(
@@ -1021,22 +1026,24 @@ def _image_plan(scenario: Scenario, runtime: _Runtime, wheelhouse: Path) -> _Pla
     pip = next(w for w in wheels if w.name.startswith("pip-"))
     env = {"Env": _ENV, "Cmd": ["python3"]}
     slim, full = runtime.slim, runtime.full
+    # The fat base is written with real NUL bytes, not sparse members: the gs and alembic originals build on it,
+    # so a push or an export must regenerate its layers' exact digests ("could not verify layer data" else).
     fat_layers = [
         slim,
         full,
         _Layer(
             "fat-toolchain",
             [
-                _pad("/usr/lib/gcc/x86_64-linux-gnu/11/cc1plus", 31 * _MB),
-                _pad("/usr/lib/x86_64-linux-gnu/libLLVM-14.so.1", 44 * _MB),
+                _pad("/usr/lib/gcc/x86_64-linux-gnu/11/cc1plus", 31 * _MB, sparse=False),
+                _pad("/usr/lib/x86_64-linux-gnu/libLLVM-14.so.1", 44 * _MB, sparse=False),
             ],
             "RUN apt-get update && apt-get install -y build-essential python3-dev llvm-14 (stand-in)",
         ),
         _Layer(
             "fat-packages",
             [
-                _pad("/usr/share/doc/all-packages.tar", 7 * _MB),
-                _pad("/usr/lib/x86_64-linux-gnu/libicudata.so.70", 11 * _MB),
+                _pad("/usr/share/doc/all-packages.tar", 7 * _MB, sparse=False),
+                _pad("/usr/lib/x86_64-linux-gnu/libicudata.so.70", 11 * _MB, sparse=False),
             ],
             "RUN apt-get install -y curl git vim less locales tzdata (stand-in)",
         ),
@@ -1046,6 +1053,7 @@ def _image_plan(scenario: Scenario, runtime: _Runtime, wheelhouse: Path) -> _Pla
                 _pad(
                     f"/var/lib/apt/lists/archive.ubuntu.com_ubuntu_dists_jammy_{c}_binary-amd64_Packages",
                     1_400_000,
+                    sparse=False,
                 )
                 for c in ("main", "universe", "restricted", "multiverse", "updates_main")
             ],

@@ -294,6 +294,7 @@ class Phase2(PhaseSpec[Phase2Plan]):
         self.state = state
         self.inventory = inventory
         self.base = Path(".")
+        self._sources_memo: dict[tuple[str, str], tuple[str, list[str]]] = {}
 
     # -- planner ---------------------------------------------------------------------------------
 
@@ -381,10 +382,42 @@ class Phase2(PhaseSpec[Phase2Plan]):
         }
 
     def fingerprint(self, plan: Phase2Plan, snapshot: HostSnapshot, policy: Policy) -> Fingerprint:
-        """Return engine, policy and each service's source hash (a changed source: a different build)."""
+        """Return engine, policy and, per service of ``plan``, the hash of its sources as they are NOW.
+
+        Recomputed from the source tree each time (never copied from the plan): the definition generated
+        again and staged, the context as the engine would receive it, the build args, and the IDs of its base
+        images on this host (``builds.source_hash``). So ``phase2 --plan FILE`` refuses a plan whose service
+        sources changed since it was saved, one line per host and service. Memoized per policy and service
+        within one run (the contexts are hashed once, not once per host).
+        """
         base = super().fingerprint(plan, snapshot, policy)
-        extra = {f"source of {s.service}": s.source_hash or s.verdict for s in plan.services}
+        extra = {
+            f"the sources of service {s.service}": self._sources_now(policy, s.service, snapshot) for s in plan.services
+        }
         return base.model_copy(update={"extra": extra})
+
+    def _sources_now(self, policy: Policy, service: str, snapshot: HostSnapshot) -> str:
+        """Return the hex hash of ``service``'s current sources with this host's base image IDs, or its verdict."""
+        from ..builds import BuildError, base_images_of, source_hash, sources_from_policy
+        from ..optimize import generate
+
+        key = (policy.model_dump_json(), service)
+        if key not in self._sources_memo:
+            svc = next(s for s in policy.services if s.name == service)
+            try:
+                defn = generate(svc, policy, self.base)
+                if not defn.understood:
+                    self._sources_memo[key] = (defn.verdict, [])
+                else:
+                    (source,) = sources_from_policy(policy, self.base, {service: stage(defn)}, [service])
+                    self._sources_memo[key] = (source_hash(source, {}), base_images_of(source))
+            except (BuildError, UsageError) as exc:
+                self._sources_memo[key] = (exc.message, [])
+        content, refs = self._sources_memo[key]
+        if not refs:
+            return content
+        ids = {ref: (img.id if (img := snapshot.image(ref)) else "absent") for ref in refs}
+        return hashlib.sha256(f"{content}\0{json_key(ids)}".encode()).hexdigest()
 
     # -- renderer --------------------------------------------------------------------------------
 

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
 import pytest
 import yaml
+from conftest import shared_sandbox_dir
 
 from acgs_remediate.builds import (
     SOURCE_HASH_LABEL,
@@ -281,6 +286,7 @@ def test_the_playbook_builds_once_ships_everywhere_and_a_rerun_changes_nothing(
         "service_build_policy": policy.model_dump(mode="json"),
         "service_build_state_db": str(tmp_path / "state.db"),
         "service_build_gate": "",  # these test images have no HEALTHCHECK for the smoke test
+        "service_build_optimize": False,  # build these services' own Dockerfiles (the generator skips them)
     }
     dangling_before = {h.name: dangling_ids(h) for h in hosts}
 
@@ -304,3 +310,172 @@ def test_the_playbook_builds_once_ships_everywhere_and_a_rerun_changes_nothing(
     assert all(s["changed"] == 0 and s["failures"] == 0 for s in again["stats"].values())
     assert sum(len(store.build_records(h.name)) for h in hosts) == 2 * len(hosts)
     store.close()
+
+
+# --------------------------------------------------------------------------------------------- engines killed
+# On a 2-engine empty sandbox of their own (up in ~2 s, no reseed afterwards): killing an engine stops the
+# scenario's containers, which would cost the shared fleet a reseed. The services are FROM scratch + busybox.
+
+
+@pytest.fixture
+def empty_fleet(engines_available: None) -> Iterator[tuple[Sandbox, list[Host]]]:
+    sb = Sandbox(f"{shared_sandbox_dir()}k")
+    sb.up(2, scenario=None)
+    try:
+        yield sb, load_fleet(sb.inventory_path, "sandbox").hosts
+    finally:
+        sb.down()
+
+
+def _busybox_sources(root: Path, marker: str = "v1") -> Policy:
+    """hello (2 MB) and greeter (~120 MB, built in a RUN step marked for the test), FROM scratch + busybox."""
+    for name in SERVICES:
+        ctx = root / name
+        (ctx / "app").mkdir(parents=True, exist_ok=True)
+        (ctx / "app" / "greeting.txt").write_text(f"{name} {marker}\n")
+        shutil.copy(os.path.realpath(shutil.which("busybox") or "/bin/busybox"), ctx / "busybox")
+    (root / "hello" / "Dockerfile").write_text(
+        'FROM scratch\nCOPY busybox /bin/busybox\nCOPY app /app\nCMD ["/bin/busybox", "sleep", "3600"]\n'
+    )
+    (root / "greeter" / "Dockerfile").write_text(
+        "FROM scratch AS build\n"
+        "COPY busybox /bin/busybox\n"
+        'RUN ["/bin/busybox", "sh", "-c", "echo acgs-test-kill-point; /bin/busybox sleep 3; '
+        '/bin/busybox head -c 120000000 /dev/zero > /big"]\n'
+        "FROM scratch\n"
+        "COPY busybox /bin/busybox\n"
+        "COPY --from=build /big /opt/big\n"
+        "COPY app /app\n"
+        'CMD ["/bin/busybox", "sleep", "3600"]\n'
+    )
+    return _policy_of(root)
+
+
+def _policy_of(root: Path) -> Policy:
+    sb_dir = Path(f"{shared_sandbox_dir()}k")
+    group = yaml.safe_load((sb_dir / "group_vars" / "all.yml").read_text())["acgs_policy"]
+    raw = {
+        "sources_root": str(root),
+        "registry": group.get("registry"),
+        "services": [{"name": n, "image": f"acgs-test/{n}:latest", "context": n} for n in SERVICES],
+    }
+    return parse_policy(raw, "test policy")
+
+
+def _wait_for(what: str, found: Callable[[], bool], worker: threading.Thread) -> None:
+    """Poll until ``found()`` (the moment to kill) while the run is still going; fail if it ended first."""
+    while not found():
+        assert worker.is_alive(), f"the run ended before {what}"
+        time.sleep(0.02)
+
+
+def _kill_engine(sb: Sandbox, host: str) -> None:
+    """SIGKILL the host's dockerd by its PID (a crash, not a stop), and wait until it is gone."""
+    pid = next(h.pid for h in sb.status().hosts if h.name == host)
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        time.sleep(0.02)
+
+
+def _in_background(fn: Callable[[], list[ServiceOutcome]]) -> tuple[threading.Thread, list[list[ServiceOutcome]]]:
+    box: list[list[ServiceOutcome]] = []
+    worker = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    worker.start()
+    return worker, box
+
+
+def _process_running(marker: str) -> bool:
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _images(hosts: list[Host]) -> dict[str, list[tuple[str, list[str]]]]:
+    return {h.name: sorted((i.id, sorted(i.tags)) for i in _client(h).images.list(all=True)) for h in hosts}
+
+
+def test_the_builder_killed_mid_build_names_service_and_host_and_a_rerun_finishes(
+    empty_fleet: tuple[Sandbox, list[Host]], tmp_path: Path
+) -> None:
+    sb, hosts = empty_fleet
+    policy = _busybox_sources(tmp_path / "src")
+    worker, box = _in_background(lambda: build_and_ship(hosts, policy))
+    try:
+        _wait_for("greeter's build step ran", lambda: _process_running("acgs-test-kill-point"), worker)
+        _kill_engine(sb, hosts[0].name)
+        worker.join(600)
+    finally:
+        sb.start_engine(hosts[0].name)
+    greeter = next(o for o in box[0] if o.source.service == "greeter")
+    assert greeter.error and greeter.error.startswith(f"service greeter on {hosts[0].name}: "), greeter.error
+    assert "\n" not in greeter.error and not greeter.shipped and not greeter.released
+    # Nothing half-made: no release tag, no image without a name (dangling) on any engine.
+    for host, images in _images(hosts).items():
+        assert not [t for _, tags in images for t in tags if t.endswith(":latest")], (host, images)
+        assert all(tags for _, tags in images), (host, images)
+
+    again = build_and_ship(hosts, policy)
+    _ok(again)
+    _assert_same_image_everywhere(hosts, again)
+    assert all(dangling_ids(h) == set() for h in hosts)
+
+
+def test_an_engine_killed_mid_push_or_mid_stream_names_service_and_host_and_a_rerun_finishes(
+    empty_fleet: tuple[Sandbox, list[Host]], tmp_path: Path
+) -> None:
+    sb, hosts = empty_fleet
+    policy = _busybox_sources(tmp_path / "src")
+    uploads = sb.directory / "registry" / "data"
+
+    # The builder dies while it pushes to the registry (an upload is open there).
+    def uploading() -> bool:
+        return any(any(p.iterdir()) for p in uploads.rglob("_uploads") if p.is_dir())
+
+    worker, box = _in_background(lambda: build_and_ship(hosts, policy))
+    try:
+        _wait_for("a push started", uploading, worker)
+        _kill_engine(sb, hosts[0].name)
+        worker.join(600)
+    finally:
+        sb.start_engine(hosts[0].name)
+    failed = [o for o in box[0] if o.error]
+    assert failed and all(o.error.startswith(f"service {o.source.service} on {hosts[0].name}: ") for o in failed)
+    assert all("\n" not in o.error for o in failed)
+    for host, images in _images(hosts).items():
+        assert not [t for _, tags in images for t in tags if t.endswith(":latest")], (host, images)
+        assert all(tags for _, tags in images), (host, images)
+    again = build_and_ship(hosts, policy)
+    _ok(again)
+    _assert_same_image_everywhere(hosts, again)
+
+    # A new version streamed engine to engine (export -> load): the receiving engine dies while it loads.
+    policy = _busybox_sources(tmp_path / "src", "v2")
+    target = hosts[1]
+    tmp_dir = Path(_client(target).info()["DockerRootDir"]) / "tmp"
+
+    def loading() -> bool:
+        return tmp_dir.is_dir() and any(p.name.startswith("docker-import-") for p in tmp_dir.iterdir())
+
+    worker, box = _in_background(lambda: build_and_ship(hosts, policy, use_registry=False))
+    try:
+        _wait_for("a load started", loading, worker)
+        _kill_engine(sb, target.name)
+        worker.join(600)
+    finally:
+        sb.start_engine(target.name)
+    outcomes = box[0]
+    assert all(o.error is None for o in outcomes)
+    errors = [o.host_errors[target.name] for o in outcomes if target.name in o.host_errors]
+    assert errors and all(e.startswith("service ") and f" on {target.name}: " in e and "\n" not in e for e in errors)
+    assert all(set(o.host_errors) <= {target.name} for o in outcomes)
+    assert dangling_ids(target) == set()  # nothing half-loaded
+    again = build_and_ship(hosts, policy, use_registry=False)
+    _ok(again)
+    assert all(o.image is not None and not o.image.built for o in again)
+    _assert_same_image_everywhere(hosts, again)
+    assert all(dangling_ids(h) == set() for h in hosts)

@@ -146,3 +146,35 @@ def test_phase2_builds_once_releases_gated_images_and_verify_passes_its_criteria
             client.close()
     finally:
         (context / "Dockerfile.never-healthy").unlink(missing_ok=True)
+
+
+def test_a_saved_plan_is_refused_when_a_service_source_changed_since(sandbox: Sandbox, tmp_path: Path) -> None:
+    # `plan phase2 -o FILE`, then a source file of auth changes, then `phase2 --plan FILE`: refused, exit 2,
+    # one line per host and service whose sources changed (those whose context holds the file), engines untouched.
+    sb, state, plan_file = sandbox, tmp_path / "state.db", tmp_path / "phase2-plan.json"
+    saved = _cli(sb, state, "plan", "phase2", "-o", str(plan_file))
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    context = sb.sources_root / load_scenario("acgs-1").service("auth").context
+    source = context / "app" / "main.py"
+    images_before = {h: _image_ids(sb, h) for h in sb.hosts()}
+    original = source.read_bytes()
+    try:
+        source.write_bytes(original + b"\n# edited after the plan was reviewed\n")
+        run = _cli(sb, state, "phase2", "--plan", str(plan_file), "--yes")
+    finally:
+        source.write_bytes(original)
+    assert run.returncode == 2, run.stderr[-3000:]
+    changed = [line for line in run.stderr.splitlines() if "the sources of service" in line]
+    assert {f"{h}: the sources of service auth changed" for h in sb.hosts()} <= {ln.split(" (")[0] for ln in changed}
+    # Only services whose build context holds app/main.py of auth (auth's own, and those built from the root).
+    roots = {s.name for s in load_scenario("acgs-1").services if s.context in (".", "")} | {"auth"}
+    assert {ln.split("the sources of service ")[1].split(" changed")[0] for ln in changed} <= roots
+    assert {h: _image_ids(sb, h) for h in sb.hosts()} == images_before
+
+
+def _image_ids(sb: Sandbox, host: str) -> set[str]:
+    client = docker.DockerClient(base_url=sb.docker_host(host))
+    try:
+        return {img.id for img in client.images.list(all=True)}
+    finally:
+        client.close()

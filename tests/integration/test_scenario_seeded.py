@@ -199,3 +199,40 @@ def test_hosts_differ_a_little(sandbox: Sandbox, scen: Scenario) -> None:
     port = scen.service("gs").port
     assert _get_json(f"http://{bind_for_hostname(names[2])}:{port}/health")["service"] == "gs_service"
     assert h3.containers.get("rocm-notebook").status == "exited"
+
+
+def test_the_fat_base_the_originals_build_on_can_be_exported_and_pushed(sandbox: Sandbox) -> None:
+    # The gs and alembic originals build FROM acgs-base/ubuntu-fat: an export (docker save) or a push regenerates
+    # each layer's tar from the engine's files, and must reproduce the layer's recorded digest ("could not verify
+    # layer data" otherwise).
+    import hashlib
+    import tarfile
+
+    api = _client(sandbox, 0).api
+    diff_ids = api.inspect_image("acgs-base/ubuntu-fat:22.04")["RootFS"]["Layers"]
+    stream = api.get_image("acgs-base/ubuntu-fat:22.04", chunk_size=1 << 20)
+
+    class _Reader:
+        def __init__(self) -> None:
+            self.chunks, self.buf = iter(stream), b""
+
+        def read(self, n: int = -1) -> bytes:
+            while n < 0 or len(self.buf) < n:
+                try:
+                    self.buf += next(self.chunks)
+                except StopIteration:
+                    break
+            out, self.buf = (self.buf, b"") if n < 0 else (self.buf[:n], self.buf[n:])
+            return out
+
+    exported = []
+    with tarfile.open(fileobj=_Reader(), mode="r|") as tar:
+        for member in tar:
+            if member.name.endswith("layer.tar") and member.isfile():
+                digest = hashlib.sha256()
+                fh = tar.extractfile(member)
+                assert fh is not None
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+                exported.append(f"sha256:{digest.hexdigest()}")
+    assert sorted(exported) == sorted(diff_ids)

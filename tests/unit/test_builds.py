@@ -10,15 +10,20 @@ import pytest
 
 from acgs_remediate.builds import (
     BuildSource,
+    BuiltImage,
     base_images,
     candidate_ref,
+    policy_gate,
     registry_repository,
+    safe_gates,
+    smoke_address,
     source_hash,
     sources_from_policy,
     split_ref,
 )
 from acgs_remediate.config import parse_policy
 from acgs_remediate.errors import UsageError
+from acgs_remediate.inventory import Host
 
 BASES = {"acgs-base/python:3.11-slim": "sha256:" + "a" * 64}
 
@@ -153,3 +158,28 @@ def test_planning_reads_hashes_and_present_images_from_snapshots(tmp_path: Path)
     empty = HostSnapshot(host="b", collected_at=when, engine=engine)
     with pytest.raises(BuildError, match="service svc on b: base image acgs-base/python:3.11-slim"):
         planned_hashes([src], empty)
+
+
+def test_an_engine_error_inside_the_gates_is_one_failed_verdict_not_a_traceback(tmp_path: Path) -> None:
+    # The builder's engine is gone (its socket does not exist): the gates cannot run, the image is not released.
+    source = _tree(tmp_path / "svc")
+    policy = parse_policy(
+        {"sources_root": str(tmp_path), "services": [{"name": "svc", "image": "svc:latest", "context": "svc"}]},
+        "test policy",
+    )
+    gone = Host(name="h9", docker_host=f"unix://{tmp_path}/no-engine.sock", timeout=5)
+    image = BuiltImage("svc", "0" * 64, "sha256:" + "b" * 64, "svc:build-000000000000", 1, "h9", True, 1.0)
+    (verdict,) = safe_gates(policy_gate(policy), gone, source, image)
+    assert not verdict.passed and verdict.name == "gates"
+    assert verdict.detail.startswith("service svc on h9: the gates could not run: ") and "\n" not in verdict.detail
+
+
+def test_each_service_smoke_tests_on_its_own_loopback_address() -> None:
+    names = ["a", "b", "c"]
+    policy = parse_policy(
+        {"services": [{"name": n, "image": f"{n}:latest", "context": n} for n in names]}, "test policy"
+    )
+    addresses = [smoke_address(policy, n, "unix:///var/lib/acgs-t/h01/docker.sock") for n in names]
+    assert len(set(addresses)) == 3 and all(a.startswith("127.") for a in addresses)
+    # Another fleet's builder on the same machine smoke-tests on other addresses.
+    assert smoke_address(policy, "a", "unix:///var/lib/acgs-u/h01/docker.sock") not in addresses

@@ -293,3 +293,29 @@ def test_dockerignore_re_includes_what_the_build_copies_from_a_junk_place(tmp_pa
     assert is_ignored("logs/old.log", patterns)
     assert not is_ignored("logs/format.ini", patterns) and not is_ignored("tests/smoke_server.py", patterns)
     assert any("re-includes logs/format.ini" in n for n in defn.notes)
+
+
+def test_the_standalone_playbook_builds_the_definitions_phase2_generates(policy: Policy) -> None:
+    # ansible-playbook playbooks/phase2_service_optimization.yml without the CLI: the role's module generates
+    # and stages the same optimized Dockerfiles `acgs-remediate phase2` builds, never the originals.
+    import importlib.util
+
+    from acgs_remediate.phases.phase2 import stage
+
+    path = Path(__file__).resolve().parents[2] / "roles/service_build/library/acgs_service_build.py"
+    spec = importlib.util.spec_from_file_location("acgs_service_build", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dockerfiles, skipped = module._optimized(policy, None, [], {})
+    for defn in optimize.generate_all(policy):
+        if defn.understood:
+            assert dockerfiles[defn.service] == stage(defn), defn.service
+            assert dockerfiles[defn.service].read_text() == defn.dockerfile
+            assert dockerfiles[defn.service] != Path(defn.context) / defn.source_dockerfile
+        else:
+            assert skipped[defn.service] == defn.verdict
+    assert len(dockerfiles) == len(policy.services)  # the scenario's services are all understood
+    # What the CLI passes in (its own staged Dockerfiles) and services left out are not generated again.
+    mine, _ = module._optimized(policy, None, ["auth", "gs"], {"auth": Path("/elsewhere/Dockerfile")})
+    assert set(mine) == {"gs"}

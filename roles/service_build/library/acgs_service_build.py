@@ -75,6 +75,14 @@ options:
   dockerfiles:
     description: Service name -> Dockerfile to build instead of the policy's (e.g. the optimized one).
     type: dict
+  optimize:
+    description: For every service not in O(dockerfiles), build the optimized definition acgs-remediate
+      generates from its sources (C(acgs_remediate.optimize.generate), staged outside the source tree exactly as
+      C(acgs-remediate phase2) does), or the policy's own C(optimized_dockerfile) as is. A service the generator
+      does not understand is not built and is listed in RV(failures) with the reason. False builds the
+      policy's C(dockerfile) of each service (the original, unoptimized build).
+    type: bool
+    default: false
   registry:
     description: Registry to ship through (C(host:port/namespace)); empty ships engine to engine.
     type: str
@@ -154,8 +162,14 @@ def _built(module, b, p):
 
     try:
         policy = parse_policy(p["policy"], "the role variable service_build_policy")
-        sources = b.sources_from_policy(policy, Path(p["base_dir"]) if p["base_dir"] else None,
-                                        {k: Path(v) for k, v in (p["dockerfiles"] or {}).items()}, p["services"])
+        base = Path(p["base_dir"]) if p["base_dir"] else None
+        dockerfiles = {k: Path(v) for k, v in (p["dockerfiles"] or {}).items()}
+        skipped = {}
+        if p["optimize"]:
+            generated, skipped = _optimized(policy, base, p["services"], dockerfiles)
+            dockerfiles.update(generated)
+        wanted = [s.name for s in policy.services if (not p["services"] or s.name in p["services"])]
+        sources = b.sources_from_policy(policy, base, dockerfiles, [n for n in wanted if n not in skipped])
         gate = b.policy_gate(policy) if p["gate"] == "policy" else _load_gate(p["gate"])
     except RemediateError as exc:
         module.fail_json(msg=exc.message, hint=exc.hint, images=[], failures=[exc.message])
@@ -164,26 +178,26 @@ def _built(module, b, p):
         module.fail_json(msg=f"gate {p['gate']} cannot be loaded: {exc}", images=[], failures=[])
         return
     builder = _host(Host, p["host_name"], p, p["timeout"])
-    images, failures, before, after = [], [], {}, {}
-    for source in sources:
+    images, before, after = [], {}, {}
+    failures = [f"service {name} on {builder.name}: skipped, {why}" for name, why in skipped.items()]
+    # Every build first (two at a time), then the gates side by side (each smoke test on its own loopback
+    # address), then the pushes (builds.build_all).
+    outcomes = b.build_all(builder, sources, gate=gate, registry=p["registry"] or None, check=module.check_mode)
+    for outcome in outcomes:
+        source, image, gates = outcome.source, outcome.image, outcome.gates
         entry = {"service": source.service, "release_ref": source.release_ref, "gates": [], "gates_passed": False}
-        try:
-            image = b.build(builder, source, check=module.check_mode)
-            run_gates = gate is not None and image.image_id and not b.gated_before(builder, source, image)
-            gates = list(gate(builder, source, image)) if run_gates else []
-            entry["gates"] = [g.model_dump() for g in gates]
-            entry["gates_passed"] = all(g.passed for g in gates)
-            if p["registry"] and entry["gates_passed"] and image.image_id:
-                image = b.publish(builder, image, source, p["registry"], check=module.check_mode)
+        entry["gates"] = [g.model_dump() for g in gates]
+        entry["gates_passed"] = outcome.gates_passed and image is not None
+        if image is not None:
             entry.update(dataclasses.asdict(image))
             before[source.service] = image.image_id if not image.built else "(no image for this source)"
             after[source.service] = image.image_id or f"{image.candidate} (would be built)"
-            if not entry["gates_passed"]:
-                failed = ", ".join(f"{g.name}: {g.detail}" for g in gates if not g.passed)
-                failures.append(f"service {source.service} on {builder.name}: gates failed ({failed})")
-        except (b.BuildError, RemediateError) as exc:
-            entry["error"] = exc.message
-            failures.append(exc.message)
+        if outcome.error:
+            entry["error"] = outcome.error
+            failures.append(outcome.error)
+        elif not outcome.gates_passed:
+            failed = ", ".join(f"{g.name}: {g.detail}" for g in gates if not g.passed)
+            failures.append(f"service {source.service} on {builder.name}: gates failed ({failed})")
         images.append(entry)
         if p["state_db"] and p["record_hosts"] and not module.check_mode:
             # A build that failed, or was gated out, is shipped nowhere: record it here for every host.
@@ -197,6 +211,24 @@ def _built(module, b, p):
     if module._diff:
         result["diff"] = {"before": before, "after": after}
     module.exit_json(**result)
+
+
+def _optimized(policy, base, services, given):
+    """Return ({service: staged optimized Dockerfile}, {service: why it is skipped}) for the services not in
+    ``given``: the same generation and staging as `acgs-remediate phase2` (phases.phase2.stage)."""
+    from acgs_remediate.optimize import generate
+    from acgs_remediate.phases.phase2 import stage
+
+    dockerfiles, skipped = {}, {}
+    for svc in policy.services:
+        if (services and svc.name not in services) or svc.name in given:
+            continue
+        defn = generate(svc, policy, base)
+        if defn.understood:
+            dockerfiles[svc.name] = stage(defn)
+        else:
+            skipped[svc.name] = defn.verdict
+    return dockerfiles, skipped
 
 
 def _record_failure(b, p, source, entry):
@@ -307,6 +339,7 @@ def main() -> None:
             "base_dir": {"type": "path"},
             "services": {"type": "list", "elements": "str"},
             "dockerfiles": {"type": "dict"},
+            "optimize": {"type": "bool", "default": False},
             "registry": {"type": "str"},
             "gate": {"type": "str"},
             "images": {"type": "list", "elements": "dict"},
