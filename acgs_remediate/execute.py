@@ -83,6 +83,27 @@ def _short_msg(res: dict[str, Any]) -> str:
     return str(msg).strip().splitlines()[0] if str(msg).strip() else ""
 
 
+_PRIVATE_PREFIX = "acgs-run-"
+_OWNER_FILE = "owner.pid"
+
+
+def _remove_dead_runs_dirs() -> None:
+    """Remove the private data dirs that runs killed before their cleanup left in the temp dir.
+
+    Such a dir holds the extravars (plans, the policy with its service environments) and artifacts (job
+    events, stdout): owner-only (0700), but nothing there may outlive its run. Its ``owner.pid`` names the
+    process that made it; a dir whose process is gone is removed (one still running is left alone).
+    """
+    for old in Path(tempfile.gettempdir()).glob(f"{_PRIVATE_PREFIX}*"):
+        try:
+            pid = int((old / _OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours, or being made right now
+        if pid == os.getpid() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def run_playbook(
     playbook: Path,
     inventory: Path,
@@ -137,8 +158,10 @@ def run_playbook(
                                    msg=_short_msg(data.get("res") or {})))
         return True  # keep the event (ansible-runner needs playbook_on_stats for its own stats too)
 
-    private = Path(tempfile.mkdtemp(prefix="acgs-run-"))
+    _remove_dead_runs_dirs()
+    private = Path(tempfile.mkdtemp(prefix=_PRIVATE_PREFIX))
     os.chmod(private, 0o700)
+    (private / _OWNER_FILE).write_text(f"{os.getpid()}\n")
     bin_dir = str(Path(sys.executable).parent)
     envvars = {
         # ansible-runner runs `ansible-playbook` from PATH: make it the one next to our Python.

@@ -63,4 +63,5 @@ def write_junit(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(to_junit(per_host, unreachable), encoding="utf-8")
+    tmp.chmod(0o600)  # owner only, like every report
     tmp.replace(path)

@@ -460,6 +460,45 @@ def _unmount_under(path: Path) -> None:
         subprocess.run([_which("umount"), "-l", point], check=False, capture_output=True)
 
 
+def _mount_small_disk(engine: _Engine, size: int) -> None:
+    """Give ``engine`` a data root on its own ext4 filesystem of ``size`` bytes (a loop-mounted image file).
+
+    A fault test's full disk: the engine's data root fills up while the machine's disk does not. The image
+    file is ``base/disk.img`` (sparse); the mount is in our namespace, so the engine (started after it, in a
+    slave mount namespace) sees it, and ``sandbox down`` unmounts it with everything under the sandbox.
+    Raises EnvironmentProblem when mkfs.ext4 or the loop mount fails (no loop devices in a container).
+    """
+    if os.path.ismount(engine.root):
+        return
+    engine.root.mkdir(parents=True, exist_ok=True)
+    image = engine.base / "disk.img"
+    with open(image, "wb") as fh:
+        fh.truncate(size)
+    steps = (
+        [_which("mkfs.ext4"), "-q", "-F", "-m", "0", str(image)],
+        [_which("mount"), "-o", "loop", str(image), str(engine.root)],
+    )
+    for argv in steps:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise EnvironmentProblem(
+                f"cannot make the small data root of {engine.name}: {(proc.stderr or proc.stdout).strip()}",
+                hint="a small disk needs mkfs.ext4 and a free loop device (losetup -f)",
+            )
+
+
+def _empty(path: Path) -> None:
+    """Remove everything in ``path`` (kept: it may be a mount point); create it when missing."""
+    if not path.is_dir():
+        path.mkdir(parents=True)
+        return
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def _running_container_ids(sock: Path) -> list[str]:
     status, data = _api(sock, "GET", "/containers/json", timeout=30.0)
     if status != 200:
@@ -649,10 +688,10 @@ def _layer_dirs(root: Path) -> set[str]:
 def _clone_data_root(golden: _Engine, host: _Engine) -> None:
     """Give ``host`` a copy of the golden data-root: image layers hard-linked, everything else copied."""
     src, dst = golden.root, host.root
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
+    _empty(dst)  # not removed: a small data root is a mount point
     cp = _which("cp")
+    # Hard links cannot cross filesystems (a host with its own small data root): copy the layers there.
+    link_flag = "-al" if os.stat(src).st_dev == os.stat(dst).st_dev else "-a"
     layers = _layer_dirs(src)
     for entry in sorted(src.iterdir()):
         if entry.name in _SKIP_IN_CLONE:
@@ -666,7 +705,7 @@ def _clone_data_root(golden: _Engine, host: _Engine) -> None:
             (linked if d.name in layers else copied).append(str(d))
         # Container layers (and l/ with its relative symlinks) are written to: real copies.
         # Batches keep argv well below the kernel's limit.
-        for flag, items in (("-al", linked), ("-a", copied)):
+        for flag, items in ((link_flag, linked), ("-a", copied)):
             for i in range(0, len(items), 500):
                 chunk = items[i : i + 500]
                 if chunk:
@@ -914,6 +953,7 @@ class Sandbox:
         log: Log = _quiet,
         registry: bool = True,
         transport: str = "unix",
+        small_disk: int | None = None,
     ) -> SandboxStatus:
         """Start ``hosts`` engines (and a registry unless ``registry`` is False), write the inventory, seed
         ``scenario`` (None/"none": empty engines).
@@ -923,7 +963,11 @@ class Sandbox:
         ``transport``: how the inventory reaches the engines: unix (sockets), ssh (a real sshd, see
         sandbox_transports) or tls (dockerd --tlsverify on 127.x:2376), or a comma list of them: the first
         writes D/inventory.yml, each writes D/inventory-<transport>.yml (the same engines, reached its way).
+        ``small_disk``: bytes; the last host's data root is then its own ext4 filesystem of that size (a
+        loop-mounted file, for tests of an engine whose disk fills up); None: every host on the machine's disk.
         """
+        if small_disk is not None and small_disk < 64_000_000:
+            raise UsageError(f"--small-disk must be at least 64MB, not {small_disk} bytes")
         if not 1 <= hosts <= MAX_HOSTS:
             raise UsageError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
         transports = transports_mod.parse_transports(transport)
@@ -947,6 +991,7 @@ class Sandbox:
                     and state.get("content_hash") == content_hash
                     and state.get("state") == "up"
                     and bool(state.get("registry")) == registry
+                    and state.get("small_disk") == small_disk
                     and list(state.get("transports") or ["unix"]) == transports
                     and ("ssh" not in transports or _pid_alive(int(state.get("sshd_pid") or 0) or -1))
                 )
@@ -970,7 +1015,7 @@ class Sandbox:
                 log(f"replacing the sandbox in {self.directory}: {why}")
             if state or self.directory.is_dir():
                 self._teardown(log)
-            return self._create(hosts, scen_mod, scen, content_hash, log, registry, transports)
+            return self._create(hosts, scen_mod, scen, content_hash, log, registry, transports, small_disk)
 
     def down(self, log: Log = _quiet) -> None:
         """Stop every engine and remove the sandbox: no process, mount or cgroup is left behind."""
@@ -981,6 +1026,12 @@ class Sandbox:
         check_environment(need_dockerd=False)
         with _flock(self._lock_path):
             self._teardown(log)
+
+    def engine_pid(self, host: str) -> int | None:
+        """Return the PID of ``host``'s dockerd (a fault test signals it: SIGSTOP, SIGKILL), None when down."""
+        index = self._index(host)
+        pid = _read_pid(self._engine(index).pidfile) or self._state()["hosts"][index].get("pid")
+        return pid if pid and _pid_alive(pid) else None
 
     def stop_engine(self, host: str) -> None:
         """Stop one host's engine (a fault test: an engine down mid-run); its data stays."""
@@ -1057,7 +1108,7 @@ class Sandbox:
             if golden is not None:
                 _clone_data_root(golden[0], engine)
             elif engine.root.exists():
-                shutil.rmtree(engine.root)
+                _empty(engine.root)
             pid = _start_engine(engine)
             _wait_ready(engine, pid)
             if golden is not None:
@@ -1214,6 +1265,7 @@ class Sandbox:
         log: Log,
         registry: bool = True,
         transports: list[str] | None = None,
+        small_disk: int | None = None,
     ) -> SandboxStatus:
         t0 = time.monotonic()
         transports = transports or ["unix"]
@@ -1233,6 +1285,7 @@ class Sandbox:
                 {"name": e.name, "engine_name": e.hostname, "docker_host": e.docker_host, "pid": None} for e in engines
             ],
             "registry": {"address": registry_address(slot), "pid": None} if registry else None,
+            "small_disk": small_disk,
         }
         # Recorded before anything starts, so a crash mid-way is found and cleaned by the next up/down.
         self._save_state(state)
@@ -1248,6 +1301,10 @@ class Sandbox:
             state["registry"]["pid"] = _start_registry(reg)
             self._save_state(state)
             log(f"registry answers on {reg.address} (storage {reg.storage})")
+
+        if small_disk is not None:
+            log(f"giving {engines[-1].name} a data root of its own, {small_disk} bytes (ext4 on a loop device)")
+            _mount_small_disk(engines[-1], small_disk)
 
         golden: tuple[_Engine, list[str]] | None = None
         if scen is not None:

@@ -235,6 +235,11 @@ class StateStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._migrate()
+            # Owner only: the ledger names hosts, images and paths of the fleet. SQLite gives the WAL and
+            # shared-memory files the database file's mode when it creates them.
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(f"{self.path}{suffix}", 0o600)
         except (OSError, sqlite3.Error) as exc:
             raise UsageError(f"cannot open state store {self.path}: {exc}",
                              hint="pass --state with a writable path, or set ACGS_REMEDIATE_STATE") from None
@@ -474,11 +479,13 @@ class StateStore:
 
     def lock_hosts(self, hosts: Iterable[str], run_id: str) -> HostLocks:
         """Lock every host in ``hosts`` at once or none; raise LockedError naming who holds one."""
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.lock_dir, 0o700)  # lock files name the runs and their PIDs: owner only
         held: dict[str, int] = {}
         try:
             for host in sorted(set(hosts)):
-                fd = os.open(self._lock_file(host), os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self._lock_file(host), os.O_RDWR | os.O_CREAT, 0o600)
+                os.fchmod(fd, 0o600)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:

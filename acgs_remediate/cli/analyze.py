@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -182,11 +183,14 @@ def analyze(
     if output is not None:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
-            if kind == "table":
-                with output.open("w", encoding="utf-8") as fh:
+            # Owner only (0600), whatever the umask: a report lists the fleet's hosts, images and sources.
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                if kind == "table":
                     render_rich(report, Console(file=fh, width=140, color_system=None, highlight=False))
-            else:
-                output.write_text(render(report, kind), encoding="utf-8")
+                else:
+                    fh.write(render(report, kind))
         except OSError as exc:
             raise UsageError(
                 f"cannot write {output}: {exc.strerror or exc}", hint="pass -o with a writable path"

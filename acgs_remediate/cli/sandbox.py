@@ -10,8 +10,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import UsageError
 from ..sandbox import Sandbox, SandboxStatus, purge_golden_cache
 from ..sandbox_paths import default_sandbox_dir
+from ..units import parse_size
 from . import app
 from .common import OutputFormat, err, out, print_json, print_table
 
@@ -31,6 +33,14 @@ DirOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _size(value: str) -> int:
+    """Return the bytes of a --small-disk value; raise UsageError (exit 2) when it is not a size."""
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise UsageError(f"--small-disk: {exc}") from None
 
 
 def _dir(option: Path | None) -> Path:
@@ -92,13 +102,26 @@ def up(
             "without it, phase 2 ships images engine to engine.",
         ),
     ] = True,
+    small_disk: Annotated[
+        str | None,
+        typer.Option(
+            "--small-disk",
+            help="Give the last host a data root of its own of this size (e.g. 400MB; ext4 on a loop device): "
+            "an engine whose disk fills up, for fault tests.",
+        ),
+    ] = None,
 ) -> None:
     """Start N isolated dockerd engines, write their inventory and seed the scenario (idempotent)."""
     sb = Sandbox(_dir(directory))
     progress = _Progress()
     with progress.status:
         st = sb.up(
-            hosts, None if scenario == "none" else scenario, log=progress, registry=registry, transport=transport
+            hosts,
+            None if scenario == "none" else scenario,
+            log=progress,
+            registry=registry,
+            transport=transport,
+            small_disk=None if small_disk is None else _size(small_disk),
         )
     print_table(err, _table(st))
     if st.registry:

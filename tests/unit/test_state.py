@@ -110,3 +110,16 @@ def test_sigkilled_run_leaves_host_interrupted_and_lock_free(tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_state_store_and_its_locks_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)  # the usual umask: files 0644, directories 0755
+    try:
+        store = StateStore(tmp_path / "s.db")
+        with store.lock_hosts(["web-1"], "phase1-test"):
+            locks = list(store.lock_dir.iterdir())
+            modes = {p.name: p.stat().st_mode & 0o777 for p in [store.path, store.lock_dir, *locks]}
+        store.close()
+    finally:
+        os.umask(old)
+    assert modes == {"s.db": 0o600, "s.db.locks": 0o700, "web-1.lock": 0o600}

@@ -61,10 +61,12 @@ def main() -> None:
         from acgs_remediate.buildfiles import DB_URL_VARS, repair_all, scan
         from acgs_remediate.config import parse_policy
         from acgs_remediate.errors import RemediateError
+        from acgs_remediate.redact import mask_module_results
     except ImportError as exc:
         module.fail_json(msg=f"acgs_remediate not importable by this module's Python: {exc}; "
                              "set ansible_python_interpreter to '{{ ansible_playbook_python }}'")
         return
+    mask_module_results(module)  # the policy's environments hold passwords: masked in results and job events
     try:
         policy = parse_policy(p["policy"], "the role variable build_file_repair_policy")
     except RemediateError as exc:

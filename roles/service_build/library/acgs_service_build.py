@@ -352,10 +352,12 @@ def main() -> None:
     )
     try:
         from acgs_remediate import builds
+        from acgs_remediate.redact import mask_module_results
     except ImportError as exc:
         module.fail_json(msg=f"acgs_remediate not importable by this module's Python: {exc}; "
                              "set ansible_python_interpreter to '{{ ansible_playbook_python }}'")
         return
+    mask_module_results(module)  # the policy's environments hold passwords: masked in results and job events
     if module.params["state"] == "built":
         _built(module, builds, module.params)
     else:

@@ -113,11 +113,13 @@ def main() -> None:
         from acgs_remediate.errors import RemediateError
         from acgs_remediate.facts import collect, describe_error
         from acgs_remediate.inventory import Host
+        from acgs_remediate.redact import mask_module_results
         from acgs_remediate.state import StateStore
     except ImportError as exc:
         module.fail_json(msg=f"acgs_remediate is not importable by {module._name}'s Python: {exc}; "
                              "set ansible_python_interpreter to '{{ ansible_playbook_python }}'")
         return
+    mask_module_results(module)  # the policy's environments hold passwords: masked in results and job events
 
     try:
         policy = parse_policy(p["policy"], "the role variable success_criteria_policy")
