@@ -135,11 +135,6 @@ def plan_cmd(
     """Show per host exactly what a phase would do (reason, predicted bytes) and what stays and why."""
     from ..orchestrate import plan_phase
 
-    if phase == "phase3":  # its own flow (acgs_remediate.phases.phase3): per-host deploy plans
-        from .deploy import plan_phase3_command
-
-        plan_phase3_command(inventory, hosts, state, fmt)
-        return
     spec = get_spec(phase)
     planned = plan_phase(spec, inventory, hosts, state_path(state), forks, save_to=output)
     if planned.skipped_done and fmt is not OutputFormat.json:
