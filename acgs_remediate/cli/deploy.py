@@ -46,10 +46,11 @@ def phase3_cmd(
     Exit 0: every host deployed or unchanged; 1: a host failed or was rolled back; 2: bad input/refused
     (nothing changed; also a saved plan whose facts changed); 3: a host unreachable.
     """
-    from ..phases.phase3 import Phase3
+    from ..phases.phase3 import Phase3, rollout_json
 
+    spec = Phase3(log=lambda m: err.print(f"[dim]{escape(m)}[/]"))
     run_phase_command(
-        Phase3(log=lambda m: err.print(f"[dim]{escape(m)}[/]")),
+        spec,
         inventory,
         hosts,
         state,
@@ -60,6 +61,7 @@ def phase3_cmd(
         force=False,
         forks=forks,
         plan_file=plan_file,
+        json_view=lambda report: rollout_json(spec, report),
     )
 
 

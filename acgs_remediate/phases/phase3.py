@@ -482,6 +482,7 @@ class Phase3Plan:
     soak: float  # seconds
     notes: list[str] = field(default_factory=list)
     resumed: dict[str, HostRollout] = field(default_factory=dict)  # hosts an interrupted run left, put back
+    soaks: dict[str, float] = field(default_factory=dict)  # host -> its soak window (seconds)
 
     @classmethod
     def of(cls, plans: Mapping[str, Phase3HostPlan], resumed: dict[str, HostRollout] | None = None) -> Phase3Plan:
@@ -496,6 +497,7 @@ class Phase3Plan:
             targets={h: dict(p.targets) for h, p in plans.items()},
             plans={h: p.deploy for h, p in plans.items()},
             soak=max(p.soak for p in plans.values()),
+            soaks={h: p.soak for h, p in plans.items()},
             notes=[f"{h}: {n}" for h, p in plans.items() for n in p.notes],
             resumed=resumed or {},
         )
@@ -504,6 +506,17 @@ class Phase3Plan:
         """Return the unified diff of the compose file on disk to what the run writes (first host's target)."""
         first = next(iter(self.target_texts.values()), self.current_text)
         return compose_diff(self.current_text, first, str(self.compose_path))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the plan as JSON-ready data."""
+        return {
+            "compose_file": str(self.compose_path),
+            "project": self.project,
+            "soak_seconds": self.soak,
+            "soak_seconds_per_host": dict(self.soaks),
+            "notes": self.notes,
+            "hosts": {h: p.for_run() for h, p in self.plans.items()},
+        }
 
 
 def plan_phase3(fleet: Fleet, store: StateStore) -> Phase3Plan:
@@ -596,6 +609,30 @@ def fleet_rollout(report: RunReport, order: list[str]) -> FleetRollout:
             f"{', '.join(bad) or first} failed: {out.hosts[first].reason}" if bad else "not every host was reached"
         )
     return out
+
+
+def rollout_json(spec: Phase3, report: RunReport, order: list[str] | None = None) -> dict[str, Any]:
+    """Return a phase-3 run as the CLI's JSON: the plan, per host its rollout (status, seconds), why it stopped."""
+    data: dict[str, Any] = {"phase": PHASE3, "run_id": report.run_id, "check": report.check}
+    if spec.plans:
+        data["plan"] = Phase3Plan.of(spec.plans, spec.resumed).to_json()
+    if report.check:
+        data["hosts"] = {r["host"]: {"status": r["status"], "switched": r.get("switched") or []} for r in report.rows}
+        return data
+    rollout = fleet_rollout(report, order or [r["host"] for r in report.rows])
+    data["stopped"] = rollout.stopped
+    data["hosts"] = {
+        h: {
+            "status": r.status,
+            "reason": r.reason,
+            "switched": r.switched,
+            "switch_seconds": round(r.switch_seconds, 2),
+            "rollback_seconds": r.rollback_seconds,
+        }
+        for h, r in rollout.hosts.items()
+    }
+    data["unreachable"] = [u.model_dump() for u in report.unreachable]
+    return data
 
 
 def run_phase3(
