@@ -285,6 +285,8 @@ class HostRollout:
     switch_seconds: float = 0.0
     rollback_seconds: float | None = None
     unit_id: int | None = None
+    # service -> seconds a probe of it did not answer during the switch and any rollback (filled when probed)
+    unavailable_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def record_unit(

@@ -264,9 +264,18 @@ def host_rollout(store: StateStore, host: str, run_id: str, result: HostResult |
     """
     hr = HostRollout(host=host)
     units = [(uid, st, u) for uid, st, u in store.rollback_units(host) if u.run_id == run_id]
-    data: dict[str, Any] = next((m["data"] for m in store.measurements(host, MEASUREMENT) if m["run_id"] == run_id), {})
+    # The flow records its bytes before/after under the same kind: the role's entries are those with a status.
+    of_run = [
+        m["data"] for m in store.measurements(host, MEASUREMENT) if m["run_id"] == run_id and "status" in m["data"]
+    ]
+    data: dict[str, Any] = of_run[0] if of_run else {}
+    switch = next((d for d in of_run if "switch_seconds" in d), data)
+    # Seconds a service's probe saw it down: its own switch (and rollback) plus a rollback with the fleet.
+    for d in of_run:
+        for svc, secs in (d.get("unavailable_seconds") or {}).items():
+            hr.unavailable_seconds[svc] = round(hr.unavailable_seconds.get(svc, 0.0) + float(secs), 2)
     hr.reason = str(data.get("reason") or "")
-    hr.switch_seconds = float(data.get("switch_seconds") or 0.0)
+    hr.switch_seconds = float(switch.get("switch_seconds") or 0.0)
     rb = data.get("rollback_seconds")
     hr.rollback_seconds = float(rb) if rb is not None else None
     if units:
@@ -432,6 +441,7 @@ class Phase3(PhaseSpec[Phase3HostPlan]):
             "switched": hr.switched,
             "switch_seconds": round(hr.switch_seconds, 2),
             "rollback_seconds": None if hr.rollback_seconds is None else round(hr.rollback_seconds, 2),
+            "unavailable_seconds": dict(hr.unavailable_seconds),
             "reason": hr.reason,
         }
         status = (
@@ -600,6 +610,7 @@ def fleet_rollout(report: RunReport, order: list[str]) -> FleetRollout:
             switch_seconds=float(r.get("switch_seconds") or 0.0),
             rollback_seconds=r.get("rollback_seconds"),
         )
+        out.hosts[h].unavailable_seconds.update(r.get("unavailable_seconds") or {})
     bad = [
         h for h, hr in out.hosts.items() if hr.status in ("rolled_back", "failed") and "with the fleet" not in hr.reason
     ]
@@ -628,6 +639,7 @@ def rollout_json(spec: Phase3, report: RunReport, order: list[str] | None = None
             "switched": r.switched,
             "switch_seconds": round(r.switch_seconds, 2),
             "rollback_seconds": r.rollback_seconds,
+            "unavailable_seconds": dict(r.unavailable_seconds),
         }
         for h, r in rollout.hosts.items()
     }
@@ -694,7 +706,14 @@ def rollback_hosts(fleet: Fleet, store: StateStore, log: Log = _quiet, forks: in
             forks=forks,
         )
         for name in names:
-            data = next((m["data"] for m in store.measurements(name, MEASUREMENT) if m["run_id"] == run_id), None)
+            data = next(
+                (
+                    m["data"]
+                    for m in store.measurements(name, MEASUREMENT)
+                    if m["run_id"] == run_id and "status" in m["data"]
+                ),
+                None,
+            )
             hr = HostRollout(host=name, status="failed")
             if data is not None:
                 hr.status = str(data.get("status") or "failed")

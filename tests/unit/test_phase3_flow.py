@@ -161,6 +161,8 @@ def test_the_rollout_of_each_host_is_read_from_what_the_role_recorded(tmp_path: 
         {"status": "rolled_back", "switch_seconds": 4.0, "rollback_seconds": 6.5, "reason": "auth: unhealthy"},
         run_id=run,
     )
+    # The flow's own bytes before/after share the kind and come later: they say nothing about the rollout.
+    store.add_measurement("h2", MEASUREMENT, {"bytes_before": 1, "bytes_after": 1, "predicted": 0}, run_id=run)
     store.add_rollback_unit(_unit("h3", "an-older-run"))  # another run's unit says nothing about this one
     ok, not_run = HostResult("h3", status="ok"), HostResult("h4", status="not_run")
 

@@ -204,7 +204,7 @@ def _switched(module, p, store, host):
         return
     data = {"status": hr.status, "switched": hr.switched, "switch_seconds": round(hr.switch_seconds, 2),
             "rollback_seconds": None if hr.rollback_seconds is None else round(hr.rollback_seconds, 2),
-            "reason": hr.reason}
+            "unavailable_seconds": dict(hr.unavailable_seconds), "reason": hr.reason}
     result.update(changed=True, status=hr.status, switch_seconds=data["switch_seconds"],
                   rollback_seconds=data["rollback_seconds"])
     if hr.status != "deployed":
@@ -250,7 +250,8 @@ def _rolled_back(module, p, store, host):
         write_compose(Path(unit.compose_path), unit.compose_text, keep=".rejected", only_if=unit.target_text)
     reason = p["reason"] if rb.status == "rolled_back" else f"{p['reason']}; rollback failed: {rb.reason}"
     data = {"status": rb.status, "switched": unit.switched, "reason": reason,
-            "rollback_seconds": round(rb.rollback_seconds or 0.0, 2)}
+            "rollback_seconds": round(rb.rollback_seconds or 0.0, 2),
+            "unavailable_seconds": dict(rb.unavailable_seconds)}
     _measure(store, host.name, p["run_id"], data)
     result = {"changed": True, "status": rb.status, "switched": unit.switched,
               "rollback_seconds": data["rollback_seconds"]}
