@@ -14,12 +14,13 @@ DEMO_HOSTS ?= 3
 DEMO_DIR ?= /var/lib/acgs-sb
 DEMO_STATE ?= $(abspath .state/demo.db)
 
-.PHONY: help setup system-deps venv test test-unit test-integration lint demo demo-down purge bench clean
+.PHONY: help setup system-deps venv test test-unit test-integration lint demo demo-down purge bench chaos clean
 
 help:
 	@echo "make demo   - install everything, start a $(DEMO_HOSTS)-host sandbox fleet, run the main job"
 	@echo "make test   - install everything, run the whole suite"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make chaos  - the safety campaign: CHAOS_STATES random engine states (seeds CHAOS_SEED..), bench/results/safety.md"
 
 setup: system-deps venv
 
@@ -76,6 +77,16 @@ purge: venv
 
 bench: setup
 	$(BIN)/python -m bench
+
+# The safety campaign (bench/chaos.py): state k has seed CHAOS_SEED+k; a failing seed replays alone with
+# `make chaos CHAOS_SEED=<seed> CHAOS_STATES=1`. Its own sandbox fleet (CHAOS_HOSTS engines) in CHAOS_DIR.
+CHAOS_STATES ?= 50
+CHAOS_SEED ?= 1
+CHAOS_HOSTS ?= 3
+CHAOS_DIR ?= /var/lib/acgs-chaos
+chaos: setup
+	CHAOS_STATES=$(CHAOS_STATES) CHAOS_SEED=$(CHAOS_SEED) CHAOS_HOSTS=$(CHAOS_HOSTS) CHAOS_DIR=$(CHAOS_DIR) \
+	  $(BIN)/python -m bench.chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .ansible build dist *.egg-info

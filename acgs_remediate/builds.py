@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .doctor import read_context
+from .engine import Endpoint, local_socket, ssh_env
 from .errors import EngineError, UsageError
 from .facts import describe_error, engine_api
 from .models import BuildRecord, GateVerdict, is_dangling
@@ -518,7 +519,13 @@ def _run_build(builder: Host, source: BuildSource, tag: str, digest: str, timeou
             argv += ["--build-arg", f"{key}={source.args[key]}"]
         argv.append(str(source.context))
         # The CLI's own config dir: no user's credentials helpers or contexts change what it does.
-        env = {**os.environ, "DOCKER_BUILDKIT": "1", "DOCKER_CONFIG": tmp, "BUILDKIT_PROGRESS": "plain"}
+        # Over ssh:// the CLI's `ssh` honours docker_ssh_config and joins the host's connection (engine.ssh_env).
+        env = {
+            **ssh_env(Endpoint.of(builder)),
+            "DOCKER_BUILDKIT": "1",
+            "DOCKER_CONFIG": tmp,
+            "BUILDKIT_PROGRESS": "plain",
+        }
         env.pop("DOCKER_CONTEXT", None)
         t0 = time.monotonic()
         try:
@@ -684,11 +691,19 @@ def policy_gate(policy: Policy, address: str = "127.0.98.1") -> Gate:
         from .gates import run_gates
 
         service = next(s for s in policy.services if s.name == source.service)
-        client = docker.DockerClient(**builder.docker_client_kwargs())
-        try:
-            report = run_gates(client, image.image_id, service, policy, build_seconds=image.seconds, address=address)
-        finally:
-            client.close()
+        # The SDK's own ssh:// needs paramiko: over ssh:// it gets a local socket piped through our ssh instead
+        # (engine.local_socket: docker_ssh_config honoured, the host's one connection joined).
+        with local_socket(Endpoint.of(builder)) as url:
+            kwargs = builder.docker_client_kwargs()
+            if url != builder.docker_host:
+                kwargs.update(base_url=url, use_ssh_client=False)
+            client = docker.DockerClient(**kwargs)
+            try:
+                report = run_gates(
+                    client, image.image_id, service, policy, build_seconds=image.seconds, address=address
+                )
+            finally:
+                client.close()
         return [GateVerdict(name=r.gate, passed=r.passed, detail=r.reason) for r in report.results]
 
     return gate
@@ -974,7 +989,5 @@ def dangling_ids(host: Host) -> set[str]:
     """
     with engine_api(host) as api:
         return {
-            str(i["Id"])
-            for i in api.images() or []
-            if is_dangling(i.get("RepoTags") or [], i.get("RepoDigests") or [])
+            str(i["Id"]) for i in api.images() or [] if is_dangling(i.get("RepoTags") or [], i.get("RepoDigests") or [])
         }

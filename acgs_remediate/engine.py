@@ -9,7 +9,10 @@ Standard library only, so the cleanup module (a WANT_JSON script, no AnsiballZ) 
   user's ~/.ssh/config, so aliases, Port, User, IdentityFile, ProxyJump and the rest decide how a host is
   reached. ONE ssh process per host and process carries every call (requests pipelined over one kept-alive
   stream); a command's child processes (the cleanup module under ansible) join that ssh connection through
-  a private ControlPath (``ACGS_SSH_CONTROL_DIR``) instead of logging in again.
+  a private ControlPath (``ACGS_SSH_CONTROL_DIR``) instead of logging in again. Programs that run ``ssh``
+  themselves (the docker CLI for builds, Compose for deploys) get an ``ssh`` on PATH that adds the same
+  options (``ssh_env``); the docker SDK (phase 2's gates) gets a local unix socket piped through that ssh
+  (``local_socket``): docker_ssh_config is honoured everywhere, and the host's one connection is joined.
 
 First contact with an engine is a GET /_ping bounded by the host's connect timeout (seconds, default 10):
 a host that does not answer fails in seconds, while later calls keep their (image-count scaled) timeouts.
@@ -21,11 +24,13 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import hashlib
 import http.client
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import ssl
@@ -33,7 +38,7 @@ import subprocess
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,13 +222,7 @@ def ssh_argv(endpoint: Endpoint) -> list[str]:
     if endpoint.ssh_config:
         argv += ["-F", endpoint.ssh_config]
     argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, round(endpoint.connect_timeout))}", "-T"]
-    control = _control_dir()
-    if control:
-        # One control socket per endpoint as the inventory names it, never ssh's %C (user, host, port): two
-        # aliases of one sshd with different keys (forced commands leading to different engines) share a %C,
-        # and joining the other's connection would send this host's calls to the other host's engine.
-        key = hashlib.sha256(f"{endpoint.url}\0{endpoint.ssh_config or ''}".encode()).hexdigest()[:20]
-        argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}/{key}", "-o", "ControlPersist=no"]
+    argv += _control_options(endpoint)
     if parsed.username:
         argv += ["-l", urllib.parse.unquote(parsed.username)]
     if parsed.port:
@@ -232,6 +231,119 @@ def ssh_argv(endpoint: Endpoint) -> list[str]:
     host = parsed.netloc.rsplit("@", 1)[-1]
     host = host.rsplit(":", 1)[0] if parsed.port else host
     return [*argv, "--", host.strip("[]"), "docker", "system", "dial-stdio"]
+
+
+def _control_key(endpoint: Endpoint) -> str:
+    # One control socket per endpoint as the inventory names it, never ssh's %C (user, host, port): two
+    # aliases of one sshd with different keys (forced commands leading to different engines) share a %C,
+    # and joining the other's connection would send this host's calls to the other host's engine.
+    return hashlib.sha256(f"{endpoint.url}\0{endpoint.ssh_config or ''}".encode()).hexdigest()[:20]
+
+
+def _control_options(endpoint: Endpoint) -> list[str]:
+    control = _control_dir()
+    if not control:
+        return []
+    path = f"{control}/{_control_key(endpoint)}"
+    return ["-o", "ControlMaster=auto", "-o", f"ControlPath={path}", "-o", "ControlPersist=no"]
+
+
+def ssh_env(endpoint: Endpoint, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return ``env`` (default os.environ) for a program that runs ``ssh`` from PATH to reach ``endpoint``.
+
+    The docker CLI (builds), Docker Compose (deploys) and the docker SDK (gates) run plain ``ssh [-l user]
+    [-p port] -- HOST docker system dial-stdio`` and know nothing of ``docker_ssh_config``. For an ssh://
+    endpoint, PATH starts with a directory whose ``ssh`` adds what this client adds: ``-F docker_ssh_config``,
+    BatchMode, and the command's ControlPath for this endpoint, so they join the host's ssh connection
+    instead of logging in again. Any other endpoint: ``env`` unchanged (a copy).
+    """
+    out = dict(os.environ if env is None else env)
+    directory = _ssh_wrapper_dir(endpoint)
+    if directory:
+        out["PATH"] = f"{directory}{os.pathsep}{out.get('PATH', os.defpath)}"
+    return out
+
+
+@contextlib.contextmanager
+def local_socket(endpoint: Endpoint) -> Iterator[str]:
+    """Yield a URL the docker SDK can use for ``endpoint``: its own, or for ssh:// a local ``unix://`` socket.
+
+    The SDK's ssh:// needs paramiko, which this project does not install. For an ssh:// endpoint a unix socket
+    in a private 0700 directory is served while the block runs: each connection to it is handed, as stdin and
+    stdout, to ``ssh ... HOST docker system dial-stdio`` (``ssh_argv``: docker_ssh_config and the command's
+    connection to that host), exactly what the docker CLI does. The directory is removed afterwards.
+    """
+    if endpoint.scheme != "ssh":
+        yield endpoint.url
+        return
+    argv = ssh_argv(endpoint)
+    directory = tempfile.mkdtemp(prefix="acgs-sdk-", dir="/tmp")
+    path = os.path.join(directory, "docker.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.setblocking(True)
+                try:
+                    # ssh owns the connection from here: the SDK closing it ends ssh (and the remote dial-stdio).
+                    procs.append(
+                        subprocess.Popen(  # noqa: S603 - argv built by ssh_argv, no shell
+                            argv, stdin=conn, stdout=conn, stderr=subprocess.DEVNULL, start_new_session=True
+                        )
+                    )
+                except OSError:
+                    continue  # the SDK sees the connection close and reports it
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"unix://{path}"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _ssh_wrapper_dir(endpoint: Endpoint) -> str | None:
+    """Return the directory of ``endpoint``'s ``ssh`` wrapper (made once per command), or None if not ssh://."""
+    if endpoint.scheme != "ssh":
+        return None
+    control = _control_dir()
+    own = [d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d and "acgs-ssh-" not in d]
+    real = shutil.which("ssh", path=os.pathsep.join(own))
+    if not control or not real:
+        return None  # nothing to add: the program's ssh error says what is missing
+    directory = os.path.join(control, f"bin-{_control_key(endpoint)}")
+    wrapper = os.path.join(directory, "ssh")
+    if not os.path.exists(wrapper):
+        options = ["-F", endpoint.ssh_config] if endpoint.ssh_config else []
+        options += ["-o", "BatchMode=yes", *_control_options(endpoint)]
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        tmp = f"{wrapper}.{os.getpid()}.{threading.get_ident()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(f'#!/bin/sh\nexec {shlex.join([real, *options])} "$@"\n')
+        os.chmod(tmp, 0o700)
+        os.replace(tmp, wrapper)
+    return directory
 
 
 _control_lock = threading.Lock()

@@ -45,6 +45,7 @@ from .plan import (
     plan_build_cache,
     rollback_images,
 )
+from .units import human_size
 
 # Container events that mean "this image was used" (the engine's /events, type=container).
 USE_EVENTS = ("create", "start", "die")
@@ -177,17 +178,17 @@ def with_arrivals(
     imagedb: Mapping[str, datetime] | None = None,
     arrivals: Observed | None = None,
     tag_times: Mapping[str, datetime] | None = None,
-    first_seen: Mapping[str, datetime] | None = None,
 ) -> HostSnapshot:
     """Return ``snapshot`` with each image's ``arrived_at`` (its most recent sign of arrival on the engine).
 
     Sources, by precedence: the engine's image store file time (``imagedb``, written once when the image
     arrives: exact, local engines only) and arrival events (pull/load/import/tag: a re-pull counts as fresh)
-    — the later of them; else the engine's last tag time; else when this tool first saw it (the ledger);
-    else unknown (None: treated as fresh). An ``arrived_at`` already set (facts) is kept when later.
+    — the later of them; else the engine's last tag time; else unknown (None: treated as fresh). An
+    ``arrived_at`` already set is kept when later: the facts' own evidence, or when this tool first saw the
+    image (the image ledger, ``StateStore.note_arrivals``, which the flow applies to every snapshot).
     """
     imagedb, arrivals = imagedb or {}, arrivals or {}
-    tag_times, first_seen = tag_times or {}, first_seen or {}
+    tag_times = tag_times or {}
     images: list[ImageFact] = []
     for img in snapshot.images:
         found: dict[str, tuple[datetime, str]] = {}
@@ -198,8 +199,6 @@ def with_arrivals(
             _later(found, img.id, *arrivals[img.id])
         if img.id not in found:
             _later(found, img.id, tag_times.get(img.id), "tag time")
-        if img.id not in found:
-            _later(found, img.id, first_seen.get(img.id), "ledger")
         when, source = found.get(img.id, (None, ""))
         images.append(img.model_copy(update={"arrived_at": when, "arrival_source": source}))
     return snapshot.model_copy(update={"images": images})
@@ -356,7 +355,7 @@ def plan_hygiene(
     for image_id, why in kept_reasons.items():
         protections.setdefault(image_id, [why])
     by_id = {img.id: img for img in snapshot.images}
-    notes = _notes(mark, policy)
+    notes = _notes(mark, policy, snapshot)
     if snapshot.engine.approximate:
         notes.append("sizes approximate: " + "; ".join(snapshot.engine.approximate))
     return HostPlan(
@@ -454,14 +453,30 @@ def _select(
     return chosen, kept
 
 
-def _notes(mark: WatermarkState, policy: Policy) -> list[str]:
+def remote_percent_note(policy: Policy, data_root: str, engine_bytes: int) -> str:
+    """Return the plan's note for "%" watermarks on an engine whose filesystem cannot be measured (remote).
+
+    Why it cannot be measured, decided once (README, "Hygiene"): the Engine API reports no filesystem size
+    (/info's DriverStatus names the backing filesystem only, /system/df counts the engine's own bytes); the
+    ssh:// channel is often a forced ``docker system dial-stdio`` command and tcp+TLS has no shell, so this
+    tool never runs ``df`` on the host; and measuring from a container would start one (hygiene never creates
+    containers) from an image that may hold no ``df``. So no unused image is evicted against "%" there.
+    """
+    hyg = policy.hygiene
+    return (
+        f"watermark {hyg.high_watermark}/{hyg.low_watermark} is a share of the filesystem holding the engine's "
+        f"data root ({data_root or '?'}), which cannot be measured for a remote engine: the Engine API reports "
+        "no filesystem size and acgs-remediate runs nothing on the host; no unused image is evicted by LRU "
+        "(dangling images and build cache still go). For this host write the watermarks in bytes of the "
+        f"engine's own accounting (it holds {human_size(engine_bytes)} now), e.g. high_watermark: 20GB, "
+        "low_watermark: 16GB"
+    )
+
+
+def _notes(mark: WatermarkState, policy: Policy, snapshot: HostSnapshot) -> list[str]:
     hyg = policy.hygiene
     if mark.used_bytes is None:
-        return [
-            f"watermark {hyg.high_watermark} is a share of the filesystem holding the engine's data root, "
-            "which cannot be measured for a remote engine: no unused image is evicted; write the watermarks "
-            "in bytes (e.g. 20GB, the engine's own accounting) for such hosts"
-        ]
+        return [remote_percent_note(policy, snapshot.engine.data_root, engine_used_bytes(snapshot))]
     what = (
         "filesystem of the data root (statfs)"
         if mark.basis == "filesystem"

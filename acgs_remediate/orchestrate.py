@@ -216,6 +216,10 @@ class PhaseSpec(ABC, Generic[P]):
     summary_columns: ClassVar[tuple[str, ...]] = ()  # phase-specific columns of the result table
     # A phase that runs again on every run (hygiene): the ledger never skips a host that finished it.
     repeats: ClassVar[bool] = False
+    # A phase whose playbook does nothing but its plan's actions (hygiene): a host whose plan has none is not
+    # sent to the playbook (its outcome: ran, nothing changed, 0 bytes; measured as it was read). A scheduled
+    # run with nothing to do then costs the facts and nothing more.
+    skip_idle_hosts: ClassVar[bool] = False
 
     # -- planner ---------------------------------------------------------------------------------
 
@@ -275,6 +279,10 @@ class PhaseSpec(ABC, Generic[P]):
     @abstractmethod
     def plan_tables(self, plan: P) -> list[RenderableType]:
         """Return the rich renderables showing one host's plan (what it does, what stays and why)."""
+
+    def run_tables(self, plan: P) -> list[RenderableType]:
+        """Return what a run shows of one host's plan before acting (default: :meth:`plan_tables`, all of it)."""
+        return self.plan_tables(plan)
 
     @abstractmethod
     def plan_markdown(self, plan: P) -> list[str]:
@@ -717,7 +725,7 @@ def _run(
     ui: Interaction,
     saved: tuple[SavedPlan, dict[str, Any]] | None,
 ) -> RunReport:
-    from .execute import run_playbook
+    from .execute import HostResult, RunResult, run_playbook
     from .resources import playbooks_dir
 
     for host, phase in store.reconcile():
@@ -743,26 +751,31 @@ def _run(
         if not plans:
             _finish_unreachable(spec, store, run_id, unreachable, options.check)
             return RunReport(spec.name, options.check, [], unreachable, done)
-        if not options.check and not options.yes and spec.needs_confirmation(planned):
-            ui.confirm(planned)
         targets = sorted(plans)
+        idle = [n for n in targets if spec.skip_idle_hosts and not plans[n].actions]
+        busy = [n for n in targets if n not in idle]
+        if busy and not options.check and not options.yes and spec.needs_confirmation(planned):
+            ui.confirm(planned)
         if not options.check:
             store.begin_run(run_id, spec.name, targets + [u.host for u in unreachable])
             for name in targets:
                 store.mark_running(name, spec.name, run_id, bytes_before=bytes_of(before[name]))
             _finish_unreachable(spec, store, run_id, unreachable, options.check)
         try:
-            with ui.progress(targets) as on_event:
-                result = run_playbook(
-                    playbooks_dir() / spec.playbook,
-                    fleet.source,
-                    targets,
-                    extravars=spec.playbook_vars(plans),
-                    check=options.check,
-                    diff=options.diff,
-                    forks=options.forks,
-                    on_event=on_event,
-                )
+            result = RunResult(status="successful", rc=0, hosts={}, stats={})
+            if busy:
+                with ui.progress(busy) as on_event:
+                    result = run_playbook(
+                        playbooks_dir() / spec.playbook,
+                        fleet.source,
+                        busy,
+                        extravars=spec.playbook_vars({n: plans[n] for n in busy}),
+                        check=options.check,
+                        diff=options.diff,
+                        forks=options.forks,
+                        on_event=on_event,
+                    )
+            result.hosts.update({n: HostResult(n, status="ok") for n in idle})
         except BaseException:
             if not options.check:
                 for name in targets:
@@ -774,7 +787,8 @@ def _run(
         after: dict[str, int] = {}
         if not options.check:
             # Every host whose own part ran to its end is measured, even when the run failed elsewhere.
-            after = measure([fleet.host(n) for n in targets if spec.applied(result.hosts[n])], options.forks)
+            after = measure([fleet.host(n) for n in busy if spec.applied(result.hosts[n])], options.forks)
+            after.update({n: bytes_of(before[n]) for n in idle})  # nothing was run there: as read just now
         timings["measure_after"] = round(time.monotonic() - clock, 2)
         report = RunReport(
             spec.name,

@@ -45,6 +45,7 @@ from .deploy import (
     batches,
     rollback_tag,
 )
+from .engine import Endpoint, ssh_env
 from .errors import EnvironmentProblem
 from .facts import describe_error, engine_api
 
@@ -83,7 +84,8 @@ def compose_binary() -> str:
 
 def compose_env(host: Host, env: Mapping[str, str]) -> dict[str, str]:
     """Return the environment Compose runs with for ``host``: its DOCKER_HOST/TLS settings and ``env``."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    # Over ssh:// Compose's `ssh` honours docker_ssh_config and joins the host's connection (engine.ssh_env).
+    out = {k: v for k, v in ssh_env(Endpoint.of(host)).items() if not k.startswith("DOCKER_")}
     out.update(env)
     out["DOCKER_HOST"] = host.docker_host
     if host.tls or host.validate_certs:

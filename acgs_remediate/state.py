@@ -99,11 +99,13 @@ CREATE TABLE IF NOT EXISTS phase_history (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS phase_history_host ON phase_history (host, phase, id);
-CREATE TABLE IF NOT EXISTS image_arrivals (
+CREATE TABLE IF NOT EXISTS image_ledger (
     host TEXT NOT NULL,
     engine_id TEXT NOT NULL,
     image_id TEXT NOT NULL,
     first_seen TEXT NOT NULL,
+    last_used TEXT,
+    last_used_source TEXT,
     PRIMARY KEY (host, engine_id, image_id)
 );
 CREATE TABLE IF NOT EXISTS rollback_units (
@@ -116,14 +118,6 @@ CREATE TABLE IF NOT EXISTS rollback_units (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rollback_units_host ON rollback_units (host, project, id);
-CREATE TABLE IF NOT EXISTS image_use (
-    host TEXT NOT NULL,
-    image_id TEXT NOT NULL,
-    first_seen TEXT NOT NULL,
-    last_used TEXT,
-    last_used_source TEXT,
-    PRIMARY KEY (host, image_id)
-);
 CREATE TABLE IF NOT EXISTS event_cursor (
     host TEXT PRIMARY KEY,
     until TEXT NOT NULL
@@ -146,6 +140,15 @@ def _parse_dt(text: str | None) -> datetime | None:
 def new_run_id(phase: str) -> str:
     """Return a fresh, sortable run id such as ``phase1-20260101T120000-1a2b3c``."""
     return f"{phase}-{_now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What the image ledger knows of one image on one engine: first seen by this tool, last seen used."""
+
+    first_seen: datetime
+    last_used: datetime | None = None  # None: never seen used
+    last_used_source: str = ""  # what showed the use ("event die of container web", "container db running")
 
 
 @dataclass(frozen=True)
@@ -231,10 +234,52 @@ class StateStore:
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise UsageError(f"cannot open state store {self.path}: {exc}",
                              hint="pass --state with a writable path, or set ACGS_REMEDIATE_STATE") from None
         self.lock_dir = self.path.parent / f"{self.path.name}.locks"
+
+    def _migrate(self) -> None:
+        """Fold the tables of earlier versions into today's (idempotent; a store of any earlier version opens).
+
+        Before the one image ledger there were two "first seen" tables: ``image_arrivals`` (host, engine ID,
+        image ID, first seen; every phase's facts) and hygiene's ``image_use`` (host, image ID, first seen, last
+        use; no engine ID). Their rows merge into ``image_ledger`` keeping the earliest first sighting and the
+        latest use; an ``image_use`` row takes the engine ID its host's arrival rows name, else "" (adopted by
+        the next sighting of the host, :meth:`note_arrivals`). The old tables are dropped afterwards.
+        """
+        old = {"image_arrivals", "image_use"}
+        found = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} & old
+        if not found:
+            return
+        with self._tx() as db:  # re-read under the write lock: another process may have migrated meanwhile
+            found = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} & old
+            if "image_arrivals" in found:
+                db.execute(
+                    "INSERT INTO image_ledger (host, engine_id, image_id, first_seen) "
+                    "SELECT host, engine_id, image_id, first_seen FROM image_arrivals WHERE true "
+                    "ON CONFLICT (host, engine_id, image_id) DO UPDATE SET "
+                    "first_seen = MIN(first_seen, excluded.first_seen)"
+                )
+                db.execute("DROP TABLE image_arrivals")
+            if "image_use" in found:
+                db.execute(
+                    "INSERT INTO image_ledger (host, engine_id, image_id, first_seen, last_used, last_used_source) "
+                    "SELECT u.host, COALESCE("
+                    " (SELECT l.engine_id FROM image_ledger l WHERE l.host = u.host AND l.image_id = u.image_id"
+                    "  ORDER BY l.first_seen DESC LIMIT 1),"
+                    " (SELECT l.engine_id FROM image_ledger l WHERE l.host = u.host"
+                    "  ORDER BY l.first_seen DESC LIMIT 1),"
+                    " ''), u.image_id, u.first_seen, u.last_used, u.last_used_source FROM image_use u WHERE true "
+                    "ON CONFLICT (host, engine_id, image_id) DO UPDATE SET "
+                    "first_seen = MIN(first_seen, excluded.first_seen), "
+                    "last_used_source = CASE WHEN last_used IS NULL OR excluded.last_used > last_used "
+                    "THEN excluded.last_used_source ELSE last_used_source END, "
+                    "last_used = CASE WHEN last_used IS NULL OR excluded.last_used > last_used "
+                    "THEN excluded.last_used ELSE last_used END"
+                )
+                db.execute("DROP TABLE image_use")
 
     def close(self) -> None:
         """Close the database connection."""
@@ -267,33 +312,68 @@ class StateStore:
         row = self._db.execute("SELECT data FROM baselines WHERE host = ?", (host,)).fetchone()
         return Baseline.model_validate_json(row[0]) if row else None
 
-    # -- image arrivals (the ledger: last evidence of when an image arrived) -----------------
+    # -- the image ledger: when this tool first saw each image on a host's engine, and when it last saw it used ---
 
     def note_arrivals(self, snapshot: HostSnapshot) -> HostSnapshot:
         """Record when this tool first saw each of the snapshot's images; return it with that as last evidence.
 
-        Rows are keyed by host, engine ID and image ID; an image gone from the engine loses its row, so a
-        later re-pull starts afresh. The first sighting bounds the arrival from above (the image was there by
-        then at the latest), so it never makes an image look older than it is. Images whose arrival the engine
-        already told (``arrival_source`` set) keep it: the ledger only fills the unknown ones.
+        The one "first seen" ledger (table ``image_ledger``), shared by every phase's facts, ``analyze`` and
+        hygiene. Rows are keyed by host, engine ID and image ID; an image gone from the host's engine loses its
+        row, and so does every row of another engine ID for the host (the host now points at another engine),
+        so a later re-pull starts afresh. The first sighting bounds the arrival from above (the image was there
+        by then at the latest), so it never makes an image look older than it is. Images whose arrival the
+        engine already told (``arrival_source`` set) keep it: the ledger only fills the unknown ones.
         """
         seen_at = _iso(snapshot.collected_at)
-        engine = snapshot.engine.engine_id
+        host, engine = snapshot.host, snapshot.engine.engine_id
         ids = [img.id for img in snapshot.images]
+        current = set(ids)
         with self._tx() as db:
+            if engine:
+                # Rows migrated from a version that did not record the engine ID belong to this engine.
+                db.execute(
+                    "UPDATE OR IGNORE image_ledger SET engine_id = ? WHERE host = ? AND engine_id = ''", (engine, host)
+                )
             db.executemany(
-                "INSERT OR IGNORE INTO image_arrivals (host, engine_id, image_id, first_seen) VALUES (?, ?, ?, ?)",
-                [(snapshot.host, engine, i, seen_at) for i in ids],
+                "INSERT OR IGNORE INTO image_ledger (host, engine_id, image_id, first_seen) VALUES (?, ?, ?, ?)",
+                [(host, engine, i, seen_at) for i in ids],
             )
             rows = db.execute(
-                "SELECT image_id, first_seen FROM image_arrivals WHERE host = ? AND engine_id = ?",
-                (snapshot.host, engine),
+                "SELECT engine_id, image_id, first_seen FROM image_ledger WHERE host = ?", (host,)
             ).fetchall()
-            current = set(ids)
-            gone = [(snapshot.host, engine, r[0]) for r in rows if r[0] not in current]
-            db.executemany("DELETE FROM image_arrivals WHERE host = ? AND engine_id = ? AND image_id = ?", gone)
-        first_seen = {r[0]: _parse_dt(r[1]) for r in rows if r[0] in current}
+            gone = [(host, e, i) for e, i, _ in rows if e != engine or i not in current]
+            db.executemany("DELETE FROM image_ledger WHERE host = ? AND engine_id = ? AND image_id = ?", gone)
+        first_seen = {i: _parse_dt(f) for e, i, f in rows if e == engine and i in current}
         return snapshot.with_ledger({k: v for k, v in first_seen.items() if v is not None})
+
+    def image_ledger(self, host: str, engine_id: str) -> dict[str, Sighting]:
+        """Return image ID -> :class:`Sighting` (first seen, last seen used) of the images on ``host``'s engine."""
+        rows = self._db.execute(
+            "SELECT image_id, first_seen, last_used, last_used_source FROM image_ledger "
+            "WHERE host = ? AND engine_id = ?",
+            (host, engine_id),
+        ).fetchall()
+        return {r[0]: Sighting(_parse_dt(r[1]) or _now(), _parse_dt(r[2]), r[3] or "") for r in rows}
+
+    def record_uses(
+        self, host: str, engine_id: str, uses: dict[str, tuple[datetime, str]], gone: Iterable[str] = ()
+    ) -> None:
+        """Record when each image of ``host``'s engine was last seen used; forget the images ``gone``.
+
+        ``uses``: image ID -> (last use, what showed it); a use never moves back in time, and only images
+        already in the ledger (seen by :meth:`note_arrivals`) are updated. ``gone``: image IDs a run just
+        removed (if one comes back, it is a new arrival).
+        """
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE image_ledger SET last_used = ?, last_used_source = ? "
+                "WHERE host = ? AND engine_id = ? AND image_id = ? AND (last_used IS NULL OR last_used < ?)",
+                [(_iso(when), src, host, engine_id, i, _iso(when)) for i, (when, src) in uses.items()],
+            )
+            db.executemany(
+                "DELETE FROM image_ledger WHERE host = ? AND engine_id = ? AND image_id = ?",
+                [(host, engine_id, i) for i in gone],
+            )
 
     # -- build records ---------------------------------------------------------------------
 
@@ -372,43 +452,7 @@ class StateStore:
         rows = self._db.execute(sql + " ORDER BY id DESC", args).fetchall()
         return [{"kind": k, "taken_at": t, "run_id": r, "data": json.loads(d)} for k, t, r, d in rows]
 
-    # -- what hygiene saw: images first seen and last used, and how far the event stream was read ------------
-
-    def image_use(self, host: str) -> dict[str, tuple[datetime, datetime | None, str]]:
-        """Return image ID -> (first seen by this tool, last seen used or None, what showed the use) on ``host``."""
-        rows = self._db.execute(
-            "SELECT image_id, first_seen, last_used, last_used_source FROM image_use WHERE host = ?", (host,)
-        ).fetchall()
-        return {r[0]: (_parse_dt(r[1]) or _now(), _parse_dt(r[2]), r[3] or "") for r in rows}
-
-    def record_image_use(
-        self, host: str, present: Iterable[str], uses: dict[str, tuple[datetime, str]], seen_at: datetime
-    ) -> None:
-        """Record that the images ``present`` were on ``host`` at ``seen_at`` and when each was last used.
-
-        ``uses``: image ID -> (last use, what showed it); a use never moves back in time. Images no longer
-        present are forgotten (an image ID that comes back is a new arrival).
-        """
-        ids = sorted(set(present))
-        with self._tx() as db:
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS _present (image_id TEXT PRIMARY KEY)")
-            db.execute("DELETE FROM _present")
-            db.executemany("INSERT INTO _present VALUES (?)", [(i,) for i in ids])
-            db.execute(
-                "DELETE FROM image_use WHERE host = ? AND image_id NOT IN (SELECT image_id FROM _present)", (host,)
-            )
-            db.executemany(
-                "INSERT OR IGNORE INTO image_use (host, image_id, first_seen) VALUES (?, ?, ?)",
-                [(host, i, _iso(seen_at)) for i in ids],
-            )
-            for image_id, (when, source) in uses.items():
-                if image_id not in ids:
-                    continue
-                db.execute(
-                    "UPDATE image_use SET last_used = ?, last_used_source = ? WHERE host = ? AND image_id = ? "
-                    "AND (last_used IS NULL OR last_used < ?)",
-                    (_iso(when), source, host, image_id, _iso(when)),
-                )
+    # -- how far hygiene read each engine's event stream ------------------------------------------------------
 
     def events_cursor(self, host: str) -> datetime | None:
         """Return up to when ``host``'s engine events were read by the last hygiene run, or None."""

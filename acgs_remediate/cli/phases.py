@@ -94,7 +94,7 @@ def _plan_markdown(planned: Planned) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _show_plans(planned: Planned, fmt: OutputFormat) -> None:
+def _show_plans(planned: Planned, fmt: OutputFormat, run: bool = False) -> None:
     ordered = planned.ordered
     if fmt is OutputFormat.json:
         print_json(
@@ -112,7 +112,7 @@ def _show_plans(planned: Planned, fmt: OutputFormat) -> None:
     if planned.saved_plan is not None:
         err.print(f"[bold]applying the saved plan {escape(str(planned.saved_plan))}[/] (its facts still hold)")
     for p in ordered:
-        for table in planned.spec.plan_tables(p):
+        for table in planned.spec.run_tables(p) if run else planned.spec.plan_tables(p):
             print_table(err, table)
         for note in p.notes:
             err.print(f"  [dim]note:[/] {escape(note)}")
@@ -218,7 +218,7 @@ class _Terminal:
 
     def show(self, planned: Planned) -> None:
         # With JSON output stdout carries only the run's result: the plan goes to stderr as tables.
-        _show_plans(planned, OutputFormat.table if self.fmt is OutputFormat.json else self.fmt)
+        _show_plans(planned, OutputFormat.table if self.fmt is OutputFormat.json else self.fmt, run=True)
 
     def confirm(self, planned: Planned) -> None:
         phase = planned.spec.name

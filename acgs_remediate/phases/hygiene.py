@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..hygiene import (
     container_uses,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from ..inventory import Host
     from ..models import HostSnapshot
     from ..orchestrate import RunReport
-    from ..state import StateStore
+    from ..state import Sighting, StateStore
 
 
 def cache_bytes(snapshot: HostSnapshot) -> int:
@@ -62,11 +63,33 @@ class Observed:
     events: list[dict[str, Any]] = field(default_factory=list)
     imagedb: dict[str, datetime] = field(default_factory=dict)
     tag_times: dict[str, datetime] = field(default_factory=dict)
-    ledger: dict[str, tuple[datetime, datetime | None, str]] = field(default_factory=dict)
+    engine_id: str = ""  # the engine the ledger rows belong to
+    ledger: dict[str, Sighting] = field(default_factory=dict)  # the image ledger: first seen, last seen used
     notes: list[str] = field(default_factory=list)
-    # Filled by plan_host: the images present and their own uses (containers, events), for the ledger.
-    present: list[str] = field(default_factory=list)
+    # Filled by plan_host: whether the host was planned, and its images' own uses (containers, events).
+    planned: bool = False
     uses: dict[str, tuple[datetime, str]] = field(default_factory=dict)
+
+
+def _where(plan: HostPlan) -> str:
+    """Return "; <basis> X used, high H, low L -> after" for the plan's watermark, or "" when unmeasured."""
+    mark = plan.watermark
+    if mark is None or mark.used_bytes is None:
+        return ""
+    return (
+        f"; {mark.basis} {human_size(mark.used_bytes)} used, high {human_size(mark.high_bytes)}, "
+        f"low {human_size(mark.low_bytes)} -> {human_size(mark.predicted_used_bytes)}"
+    )
+
+
+def _reason_kind(reason: str) -> str:
+    """Return the kind of a "why it stays" reason, for counting ("fresh", "in use", "protected pattern"...)."""
+    if reason.startswith("used by"):
+        return "in use"
+    if reason.startswith("protected pattern"):
+        return "protected pattern"
+    head = reason.split(":", 1)[0]
+    return head if len(head) <= 40 else " ".join(head.split()[:3])
 
 
 class Hygiene(PhaseSpec[HostPlan]):
@@ -78,6 +101,7 @@ class Hygiene(PhaseSpec[HostPlan]):
     plan_model = HostPlan
     summary_columns = ("images", "skipped", "watermark before")
     repeats = True
+    skip_idle_hosts = True  # playbooks/hygiene.yml does the plan's actions and nothing else
 
     def __init__(self) -> None:
         self.observed: dict[str, Observed] = {}
@@ -101,14 +125,19 @@ class Hygiene(PhaseSpec[HostPlan]):
         now = datetime.now(UTC)
         names = sorted(snapshots)
         # The store's one connection is read here, before the engines are asked in parallel.
-        ledgers = {n: (store.events_cursor(n), store.image_use(n)) if store is not None else (None, {}) for n in names}
+        ledgers = {
+            n: (store.events_cursor(n), store.image_ledger(n, snapshots[n].engine.engine_id))
+            if store is not None
+            else (None, {})
+            for n in names
+        }
 
         def one(name: str) -> tuple[str, Observed]:
             cursor, ledger = ledgers[name]
             since = None
             if cursor is not None:
                 since = max(cursor, now - timedelta(seconds=policies[name].hygiene.events_lookback))
-            obs = Observed(until=now, ledger=ledger)
+            obs = Observed(until=now, engine_id=snapshots[name].engine.engine_id, ledger=ledger)
             if cursor is None:
                 obs.notes.append("first hygiene run here: the engine's event window starts now")
             try:
@@ -128,15 +157,17 @@ class Hygiene(PhaseSpec[HostPlan]):
         """Return ``hygiene.plan_hygiene`` of the host, with arrival and last use from what was observed."""
         obs: Observed = prepared if prepared is not None else Observed(until=snapshot.collected_at)
         event_uses, arrivals = event_signals(snapshot, obs.events)
-        ledger_uses = {i: (lu, src or "ledger") for i, (_, lu, src) in obs.ledger.items() if lu is not None}
-        first_seen = {i: first for i, (first, _, _) in obs.ledger.items()}
-        dated = with_arrivals(snapshot, obs.imagedb, arrivals, obs.tag_times, first_seen)
+        ledger_uses = {
+            i: (s.last_used, s.last_used_source or "ledger") for i, s in obs.ledger.items() if s.last_used is not None
+        }
+        # First sightings (the image ledger) already date what the engine does not: the flow's facts carry them.
+        dated = with_arrivals(snapshot, obs.imagedb, arrivals, obs.tag_times)
         plan = plan_hygiene(dated, policy, last_used(dated, event_uses, ledger_uses), snapshot.collected_at)
         own = container_uses(snapshot)
         for image_id, (when, what) in event_uses.items():
             if image_id not in own or when > own[image_id][0]:
                 own[image_id] = (when, what)
-        obs.present, obs.uses = [img.id for img in snapshot.images], own
+        obs.planned, obs.uses = True, own
         if obs.notes:
             plan = plan.model_copy(update={"notes": [*plan.notes, *obs.notes]})
         return plan
@@ -155,13 +186,7 @@ class Hygiene(PhaseSpec[HostPlan]):
 
     def plan_tables(self, plan: HostPlan) -> list[RenderableType]:
         """Return the watermark line, the actions table and the table of what stays and why."""
-        mark = plan.watermark
-        where = ""
-        if mark is not None and mark.used_bytes is not None:
-            where = (
-                f"; {mark.basis} {human_size(mark.used_bytes)} used, high {human_size(mark.high_bytes)}, "
-                f"low {human_size(mark.low_bytes)} -> {human_size(mark.predicted_used_bytes)}"
-            )
+        where = _where(plan)
         actions = Table(
             title=f"{plan.host}: {len(plan.actions)} action(s), {human_size(plan.predicted_bytes)} predicted{where}",
             title_justify="left",
@@ -183,6 +208,27 @@ class Hygiene(PhaseSpec[HostPlan]):
             name = ", ".join(pr.tags) or pr.image_id.removeprefix("sha256:")[:12] + " (untagged)"
             kept.add_row(escape(name), escape("; ".join(pr.reasons)))
         return [actions, kept]
+
+    def run_tables(self, plan: HostPlan) -> list[RenderableType]:
+        """Return the actions table (when there are actions) and one line counting what stays, by reason.
+
+        A scheduled run's log names what it removes; the image-by-image list of what stays and why is what
+        ``plan hygiene`` shows (a fleet of 20 hosts keeps ~1,000 images: listing them on every run buries
+        the actions and costs more than reading the facts).
+        """
+        tables = self.plan_tables(plan)
+        counts: dict[str, int] = {}
+        for pr in plan.protections:
+            kind = _reason_kind(pr.reasons[0]) if pr.reasons else "other"
+            counts[kind] = counts.get(kind, 0) + 1
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        stays = Text(
+            f"{plan.host}: {len(plan.protections)} image(s) stay ({kinds or 'none'}); "
+            f"`acgs-remediate plan hygiene` lists each with its reasons"
+        )
+        if not plan.actions:
+            return [Text(f"{plan.host}: nothing to do{_where(plan)}"), stays]
+        return [tables[0], stays]
 
     def plan_markdown(self, plan: HostPlan) -> list[str]:
         """Return one host's section: watermark, predicted bytes, actions, what stays and why."""
@@ -245,10 +291,11 @@ class Hygiene(PhaseSpec[HostPlan]):
         return Phase1().applied(result)
 
     def after_run(self, store: StateStore, report: RunReport) -> None:
-        """Record per planned host the images seen, their last use, and how far the events were read."""
+        """Record per planned host its images' last use, forget the images removed, and how far events were read."""
         for row in report.rows:
             obs = self.observed.get(row["host"])
-            if obs is None or not obs.present:
+            if obs is None or not obs.planned:
                 continue
-            store.record_image_use(row["host"], obs.present, obs.uses, obs.until)
+            gone = [r["id"] for r in row.get("removed_images") or []]
+            store.record_uses(row["host"], obs.engine_id, obs.uses, gone)
             store.set_events_cursor(row["host"], obs.until)

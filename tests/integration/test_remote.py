@@ -18,10 +18,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 import yaml
 from conftest import TEST_HOSTS, _log, shared_sandbox_dir
 
+from acgs_remediate.builds import BuildSource, build
+from acgs_remediate.engine import Endpoint, local_socket
+from acgs_remediate.facts import engine_api
+from acgs_remediate.gates import image_paths
+from acgs_remediate.inventory import load_fleet
+from acgs_remediate.rollout import compose_binary, compose_env
 from acgs_remediate.sandbox import Sandbox
 from acgs_remediate.sandbox_transports import SSH_PORT, engine_address, make_ca, sshd_address
 
@@ -329,3 +336,125 @@ def test_sandbox_down_ends_the_sshd_and_leaves_nothing(engines_available: None, 
         sb.down(log=_log)
     assert not sb.directory.exists()
     assert _processes_naming(str(sb.directory)) == []
+
+
+def _readme_blocks() -> tuple[str, str]:
+    """Return the README's ssh config block and the ssh inventory that follows it, verbatim."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Reaching remote engines") :]
+    config = section.split("With this in `~/.ssh/config`:", 1)[1].split("```", 2)[1]
+    inventory = section.split("this inventory works as written", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    return config.strip("\n") + "\n", inventory
+
+
+def test_the_readme_ssh_inventory_works_as_written_with_its_ssh_config_alias(
+    remote_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # The README's ~/.ssh/config and inventory, run literally: ssh reads ~/.ssh/config of the user's home
+    # (from the password database), so the home is swapped inside a private mount namespace only (a copy
+    # of /etc/passwd naming a temporary home, bind-mounted for this one command); nothing on the machine
+    # changes. What the sandbox cannot offer is replaced: its sshd's address, and root for the user
+    # `deploy` (its keys' forced commands only let root in). The key is put where the README says.
+    sb = remote_sandbox
+    config, inventory = _readme_blocks()
+    assert "Host docker-prod-01" in config and "docker_host: ssh://docker-prod-01" in inventory
+    assert "docker_ssh_config" not in inventory  # ~/.ssh/config decides, nothing else
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    config = config.replace("203.0.113.10", sshd_address(sb.directory)).replace("User deploy", "User root")
+    (home / ".ssh" / "config").write_text(config)
+    key = home / ".ssh" / "deploy_ed25519"
+    key.write_bytes((sb.directory / "ssh" / "sb-h01.key").read_bytes())
+    key.chmod(0o600)
+    # "`ssh docker-prod-01 docker version` must work without a prompt first": the host key is known.
+    (home / ".ssh" / "known_hosts").write_text((sb.directory / "ssh" / "known_hosts").read_text())
+    passwd = tmp_path / "passwd"
+    passwd.write_text(
+        "".join(
+            f"root:x:0:0:root:{home}:/bin/sh\n" if line.startswith("root:") else f"{line}\n"
+            for line in Path("/etc/passwd").read_text().splitlines()
+        )
+    )
+    (tmp_path / "inv.yml").write_text(inventory)
+    script = 'mount --bind "$1" /etc/passwd && shift && exec "$@"'
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(passwd),
+            CLI,
+            "analyze",
+            "-i",
+            str(tmp_path / "inv.yml"),
+            "--state",
+            str(tmp_path / "s.db"),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(DATABASE_URL=DB_URL),
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    doc = _json(proc)
+    assert doc["summary"]["unreachable"] == 0, proc.stderr[-2000:]
+    # The alias led, through ~/.ssh/config's HostName, Port 2222 and IdentityFile, to sb-h01's engine.
+    unix = _analyze(sb, "unix", tmp_path / "u.db")["sb-h01"]
+    assert _comparable(doc["hosts"][0]["analysis"])["engine"] == unix["analysis"]["engine"]
+
+
+def test_builds_gates_compose_and_hygiene_over_an_ssh_alias_and_tls(remote_sandbox: Sandbox, tmp_path: Path) -> None:
+    # Phase 2 builds with the docker CLI (BuildKit), gates with the docker SDK, phase 3 deploys with Compose:
+    # each runs its own `ssh`, which must honour the inventory's docker_ssh_config (the alias sb-h01 is
+    # only in that file) - a full phase 2 run is test_phase2's; here each path once, over the real sshd.
+    sb = remote_sandbox
+    ssh_fleet = load_fleet(sb.directory / "inventory-ssh.yml")
+    builder = ssh_fleet.host("sb-h01")
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "hello.txt").write_text("hello\n")
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /hello.txt\n")
+    source = BuildSource("remote-probe", "acgs-remote-probe:latest", tmp_path / "ctx", tmp_path / "ctx" / "Dockerfile")
+    built = build(builder, source)  # the BuildKit build, its context sent over ssh
+    assert built.built and built.image_id.startswith("sha256:")
+    try:
+        # The gates' SDK client over the same alias: the dev-tool scan creates, exports and removes a container.
+        with local_socket(Endpoint.of(builder)) as url:
+            client = docker.DockerClient(base_url=url, timeout=120)
+            try:
+                assert "/hello.txt" in {f"/{p.lstrip('/')}" for p in image_paths(client, built.image_id)}
+            finally:
+                client.close()
+        for transport in ("ssh", "tls"):
+            host = load_fleet(sb.directory / f"inventory-{transport}.yml").host("sb-h01")
+            proc = subprocess.run(
+                [compose_binary(), "ls", "-a", "--format", "json"],
+                env=compose_env(host, {}),
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert proc.returncode == 0, (transport, proc.stderr[-500:])
+    finally:
+        with engine_api(sb_unix_host(sb, "sb-h01")) as api:
+            api.remove_image(built.image_id, force=True)
+    # Hygiene's playbook runs over each (check mode: nothing changes, the shared fleet stays seeded).
+    for transport in ("ssh", "tls"):
+        args = ["hygiene", "-i", _inventory(sb, transport), "--state", str(tmp_path / "h.db"), "--check"]
+        proc = run_cli(*args, "--format", "json")
+        assert proc.returncode == 0, (transport, proc.stderr[-2000:])
+        assert {h["host"] for h in _json(proc)["hosts"]} == set(sb.hosts())
+
+
+def sb_unix_host(sb: Sandbox, name: str) -> Any:
+    """Return ``name`` as the unix:// inventory reaches it."""
+    return load_fleet(sb.directory / "inventory-unix.yml").host(name)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from acgs_remediate import engine
-from acgs_remediate.engine import Endpoint, EngineConnectError, explain_ssh_failure, ssh_argv, tls_context
+from acgs_remediate.engine import (
+    Endpoint,
+    EngineConnectError,
+    explain_ssh_failure,
+    local_socket,
+    ssh_argv,
+    ssh_env,
+    tls_context,
+)
 from acgs_remediate.errors import UsageError
 from acgs_remediate.sandbox_transports import parse_transports
 
@@ -48,6 +57,32 @@ def test_each_endpoint_has_its_own_ssh_connection_even_behind_one_sshd(
     assert len(paths) == 2 and all(p and p.startswith(str(tmp_path)) and "%" not in p for p in paths)
     # The same endpoint joins the same connection (the CLI's facts and the cleanup module).
     assert _option(ssh_argv(Endpoint("ssh://h1", ssh_config=config)), "ControlPath") in paths
+
+
+def test_programs_running_ssh_themselves_get_the_inventorys_ssh_config_and_the_hosts_connection(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The docker CLI (builds) and Compose (deploys) run plain `ssh [-l U] [-p P] -- HOST docker system
+    # dial-stdio`: through ssh_env's PATH they must use docker_ssh_config and join this host's ControlPath.
+    monkeypatch.setenv(engine.CONTROL_DIR_ENV, str(tmp_path / "control"))
+    (tmp_path / "control").mkdir()
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ssh").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    (fake / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")
+    endpoint = Endpoint("ssh://prod-docker-1", ssh_config="/etc/acgs/ssh_config")
+    env = ssh_env(endpoint)
+    argv = ["ssh", "-l", "deploy", "--", "prod-docker-1", "docker", "system", "dial-stdio"]
+    seen = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert seen[seen.index("-F") + 1] == "/etc/acgs/ssh_config"
+    assert _option(seen, "BatchMode") == "yes"
+    assert _option(seen, "ControlPath") == _option(ssh_argv(endpoint), "ControlPath")
+    assert seen[-7:] == argv[1:]  # the program's own arguments, untouched, last
+    # Any other endpoint: nothing added.
+    assert ssh_env(Endpoint("tcp://10.0.0.5:2376"))["PATH"] == f"{fake}:/usr/bin:/bin"
+    with local_socket(Endpoint("tcp://10.0.0.5:2376")) as url:
+        assert url == "tcp://10.0.0.5:2376"
 
 
 @pytest.mark.parametrize(

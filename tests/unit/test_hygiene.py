@@ -104,11 +104,11 @@ def test_events_count_as_use_and_arrival_and_a_child_makes_its_base_used() -> No
     assert result["sha256:aaaaaaaaaaaaaaaa"].last_used == t_use  # used through the image built on it
     assert "child image app:1" in result["sha256:aaaaaaaaaaaaaaaa"].source
     old = datetime(2026, 1, 1, tzinfo=UTC)
+    # The image ledger's first sighting (StateStore.note_arrivals) dates what neither the store nor events date.
     arrived = with_arrivals(
-        snapshot,
+        snapshot.with_ledger({"sha256:bbbbbbbbbbbbbbbb": old}),
         imagedb={"sha256:aaaaaaaaaaaaaaaa": old},
         arrivals=arrivals,
-        first_seen={"sha256:bbbbbbbbbbbbbbbb": old},
     )
     assert [(i.arrived_at, i.arrival_source) for i in arrived.images] == [(t_pull, "event pull"), (old, "ledger")]
 
@@ -221,3 +221,38 @@ def test_hygiene_never_plans_used_protected_or_fresh_and_stops_right_at_low(case
             if any(r.startswith(("not needed", "removing it frees nothing")) for r in p.reasons)
         ]
         assert reclaimable_bytes(snapshot, removed + left) == reclaimable_bytes(snapshot, removed)
+
+
+# -- "%" watermarks on a remote engine ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("docker_host", ["ssh://deploy@db1", "tcp://db1:2376"])
+def test_percent_watermarks_on_a_remote_engine_say_why_and_what_to_write(docker_host: str, tmp_path: Path) -> None:
+    from acgs_remediate.facts import _engine_fact
+
+    info = {
+        "ID": "E",
+        "Name": "db1",
+        "Driver": "overlay2",
+        "DockerRootDir": str(tmp_path),
+        "DriverStatus": [["Backing Filesystem", "extfs"], ["Supports d_type", "true"]],
+    }
+    version = {"Version": "20.10.24", "ApiVersion": "1.41"}
+    # The same data root seen through a local socket is measured (statfs); through ssh or TLS it is not,
+    # even when a directory of that name happens to exist on this machine: it is another machine's disk.
+    assert _engine_fact(info, version, "unix:///run/docker.sock").fs_total_bytes
+    remote = _engine_fact(info, version, docker_host)
+    assert remote.fs_total_bytes is None and remote.fs_used_bytes is None
+    snapshot, policy, plan, _ = _load(Path(__file__).parent / "cases" / "hygiene" / "remote_percent_unknown.json")
+    snapshot = snapshot.model_copy(update={"engine": remote})
+    plan = plan_hygiene(snapshot, policy, last_used(snapshot), datetime(2026, 3, 1, tzinfo=UTC))
+    assert plan.watermark is not None and plan.watermark.state == "unknown"
+    (note,) = plan.notes
+    assert note == (
+        f"watermark 85%/80% is a share of the filesystem holding the engine's data root ({tmp_path}), which "
+        "cannot be measured for a remote engine: the Engine API reports no filesystem size and acgs-remediate "
+        "runs nothing on the host; no unused image is evicted by LRU (dangling images and build cache still go). "
+        "For this host write the watermarks in bytes of the engine's own accounting (it holds 17B now), e.g. "
+        "high_watermark: 20GB, low_watermark: 16GB"
+    )
+    assert [a.image_id for a in plan.removals()] == ["sha256:dang"]  # the dangling image still goes

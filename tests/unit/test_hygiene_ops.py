@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,8 @@ import pytest
 from acgs_remediate.config import parse_policy
 from acgs_remediate.errors import EXIT_USAGE, UsageError
 from acgs_remediate.metrics import HostMetrics, render, write_atomically
-from acgs_remediate.state import StateStore
+from acgs_remediate.models import HostSnapshot
+from acgs_remediate.state import Sighting, StateStore
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -45,23 +47,117 @@ def test_production_defaults_follow_kubelet() -> None:
     assert hyg.fresh_min_age >= 120 and hyg.dangling_min_age >= 120
 
 
-def test_the_ledger_keeps_first_sight_and_never_moves_a_use_back(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "s.db")
-    store.record_image_use("h", ["a", "b"], {"a": (T0, "container x started")}, T0)
-    store.record_image_use(
-        "h", ["a", "b", "c"], {"a": (T0 - timedelta(days=1), "older"), "b": (T0, "event die")}, T0 + timedelta(hours=1)
+def _snap(host: str, engine_id: str, image_ids: list[str], at: datetime) -> HostSnapshot:
+    """Return a snapshot of ``host`` whose engine holds ``image_ids`` (none dated by the engine itself)."""
+    return HostSnapshot.model_validate(
+        {
+            "host": host,
+            "collected_at": at.isoformat(),
+            "engine": {
+                "name": host,
+                "engine_id": engine_id,
+                "server_version": "20.10",
+                "api_version": "1.41",
+                "storage_driver": "overlay2",
+                "data_root": "/d",
+            },
+            "images": [
+                {"id": i, "repo_tags": [f"{i}:1"], "size": 1, "created": "2020-01-01T00:00:00Z", "layers": [i]}
+                for i in image_ids
+            ],
+            "layer_sizes": {i: 1 for i in image_ids},
+        }
     )
-    use = store.image_use("h")
-    assert use["a"] == (T0, T0, "container x started")
-    assert use["b"] == (T0, T0, "event die")
-    assert use["c"] == (T0 + timedelta(hours=1), None, "")
-    store.record_image_use("h", ["c"], {}, T0 + timedelta(hours=2))  # a and b are gone: forgotten
-    assert set(store.image_use("h")) == {"c"}
+
+
+def test_one_image_ledger_keeps_first_sight_and_never_moves_a_use_back(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s.db")
+    dated = store.note_arrivals(_snap("h", "E1", ["a", "b"], T0))
+    assert [(i.arrived_at, i.arrival_source) for i in dated.images] == [(T0, "ledger"), (T0, "ledger")]
+    store.record_uses("h", "E1", {"a": (T0, "container x started")})
+    store.note_arrivals(_snap("h", "E1", ["a", "b", "c"], T0 + timedelta(hours=1)))
+    store.record_uses("h", "E1", {"a": (T0 - timedelta(days=1), "older"), "b": (T0, "event die")})
+    seen = store.image_ledger("h", "E1")
+    assert seen["a"] == Sighting(T0, T0, "container x started")  # an older use never overwrites a newer one
+    assert seen["b"] == Sighting(T0, T0, "event die")
+    assert seen["c"] == Sighting(T0 + timedelta(hours=1), None, "")
+    # A run removed b: forgotten at once, so if it comes back it is a new arrival.
+    store.record_uses("h", "E1", {}, gone=["b"])
+    back = store.note_arrivals(_snap("h", "E1", ["a", "b", "c"], T0 + timedelta(hours=2)))
+    assert {i.id: i.arrived_at for i in back.images}["b"] == T0 + timedelta(hours=2)
+    # a and b left the engine: forgotten; another engine behind the same host name starts a ledger of its own.
+    store.note_arrivals(_snap("h", "E1", ["c"], T0 + timedelta(hours=3)))
+    assert set(store.image_ledger("h", "E1")) == {"c"}
+    store.note_arrivals(_snap("h", "E2", ["c"], T0 + timedelta(hours=4)))
+    assert store.image_ledger("h", "E1") == {}
+    assert store.image_ledger("h", "E2")["c"].first_seen == T0 + timedelta(hours=4)
+    assert store.image_ledger("other", "E1") == {}
     assert store.events_cursor("h") is None
     store.set_events_cursor("h", T0)
     store.set_events_cursor("h", T0 + timedelta(minutes=5))
     assert store.events_cursor("h") == T0 + timedelta(minutes=5)
-    assert store.image_use("other") == {}
+    store.close()
+
+
+# The two "first seen" tables of the version before the one image ledger, exactly as it created them.
+_PREVIOUS_LEDGERS = """
+CREATE TABLE image_arrivals (
+    host TEXT NOT NULL,
+    engine_id TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    PRIMARY KEY (host, engine_id, image_id)
+);
+CREATE TABLE image_use (
+    host TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_used TEXT,
+    last_used_source TEXT,
+    PRIMARY KEY (host, image_id)
+);
+"""
+
+
+def test_a_state_store_of_the_previous_version_keeps_its_ledgers_merged_into_one(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = StateStore(path)
+    store.finish_host("h", "phase1", "phase1-run", "succeeded", bytes_before=10, bytes_after=4, bytes_freed=6)
+    store.close()
+    iso = lambda t: t.isoformat()  # noqa: E731
+    with sqlite3.connect(path) as db:  # turn it into what the previous version left on disk
+        db.executescript("DROP TABLE image_ledger;" + _PREVIOUS_LEDGERS)
+        db.executemany(
+            "INSERT INTO image_arrivals VALUES (?, ?, ?, ?)",
+            [("h", "E1", "a", iso(T0)), ("h", "E1", "b", iso(T0 + timedelta(hours=1)))],
+        )
+        db.executemany(
+            "INSERT INTO image_use VALUES (?, ?, ?, ?, ?)",
+            [
+                ("h", "a", iso(T0 + timedelta(hours=1)), iso(T0 + timedelta(hours=2)), "event die of container x"),
+                ("h", "d", iso(T0), None, None),  # hygiene saw it, no arrival row: the host's engine
+                ("h2", "c", iso(T0), iso(T0 + timedelta(hours=1)), "container y running"),  # no engine known at all
+            ],
+        )
+    store = StateStore(path)
+    assert store.image_ledger("h", "E1") == {
+        "a": Sighting(T0, T0 + timedelta(hours=2), "event die of container x"),  # earliest sight, latest use
+        "b": Sighting(T0 + timedelta(hours=1), None, ""),
+        "d": Sighting(T0, None, ""),
+    }
+    # h2's rows had no engine ID: the next sighting of h2 adopts them for the engine it finds.
+    dated = store.note_arrivals(_snap("h2", "E2", ["c"], T0 + timedelta(days=1)))
+    assert dated.images[0].arrived_at == T0
+    assert store.image_ledger("h2", "E2") == {"c": Sighting(T0, T0 + timedelta(hours=1), "container y running")}
+    record = store.phase_status("h", "phase1")  # the rest of the store is untouched
+    assert record is not None and record.status == "succeeded" and record.bytes_freed == 6
+    store.close()
+    with sqlite3.connect(path) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"image_arrivals", "image_use"}.isdisjoint(tables) and "image_ledger" in tables
+    again = StateStore(path)  # opening a migrated store changes nothing
+    assert set(again.image_ledger("h", "E1")) == {"a", "b", "d"}
+    again.close()
 
 
 def test_metrics_are_prometheus_text_written_atomically(tmp_path: Path) -> None:

@@ -24,12 +24,14 @@ description:
   - Every removal is re-checked against the engine just before acting. An image that became used by a
     container (running or stopped), gained a tag, or now matches a protected pattern since the plan is
     skipped and reported, never removed. An image already gone is fine.
-  - Never forces a removal and never touches volumes. An image with several tags is untagged tag by tag
-    (each tag re-checked to still point at the planned ID); the last untag deletes it.
+  - Never forces a removal and never touches volumes. An image with several names (tags, and registry
+    digests such as those of an image pulled by digest and then tagged) has them removed name by name, tags
+    first (each re-checked to still point at the planned ID); the last one deletes it. Untagging alone would
+    leave it named by its digest, its bytes not freed.
   - The build cache is pruned down to the budget with the engine's keep-storage prune (API, not
     community.docker.docker_prune, which has no check mode).
   - Supports check mode (reports exactly what would be done, changes nothing) and diff mode.
-  - It talks to the engine with the project's own client (C(acgs_remediate.engine), standard library only):
+  - It talks to the engine with the project's own client (C(acgs_remediate.engine), standard library only) over
     unix://, tcp:// with TLS, and ssh:// (the C(ssh) binary running C(docker system dial-stdio) on the host,
     as the docker CLI does, so the user's ~/.ssh/config applies; under C(acgs-remediate) it joins the
     command's ssh connection instead of logging in again).
@@ -222,10 +224,10 @@ class _Applier:
                 pattern = self.policy.is_protected(ref)
                 if pattern:
                     return f"protected pattern {pattern!r} matches {ref}"
-        if self._containers is None or len(tags) > 1:
+        if self._containers is None or len(tags) + len(digests) > 1:
             # Listed once per run (the engine itself refuses, without force, to delete an image a container
-            # created meanwhile uses); listed afresh before untagging a multi-tag image, because untagging
-            # is allowed even while a container uses it and would leave that image without its tags.
+            # created meanwhile uses); listed afresh before removing a multi-reference image name by name,
+            # because untagging is allowed even while a container uses it and would leave it without names.
             self._containers = self.api.containers(all=True)
         users = [c for c in self._containers if c.get("ImageID") == action.image_id]
         if users:
@@ -256,22 +258,26 @@ class _Applier:
         if self.check_mode:
             self.would_remove.append(entry)
             return
-        tags, _ = _names(info)
+        tags, digests = _names(info)
         try:
-            if len(tags) <= 1:
-                # One tag or none: delete by ID (never force; the engine refuses if a container appeared).
+            if len(tags) + len(digests) <= 1:
+                # One name or none: delete by ID (never force; the engine refuses if a container appeared).
                 self.api.remove_image(action.image_id, force=False, noprune=False)
             else:
-                # Deleting a multi-tag image by ID needs force; untag one by one instead, each tag checked
-                # to still point at the planned image (a tag moved meanwhile must not take another image).
-                for tag in tags:
-                    current = self._inspect(tag)
+                # Deleting by ID an image named in several repositories needs force, and untagging only its
+                # tags leaves it under a registry digest of another repository (pulled by digest, then
+                # tagged): named, its bytes not freed. So every name goes, tags first, then digests, each
+                # checked to still point at the planned image (a tag moved meanwhile must not take another
+                # image); the last one deletes the image. The engine drops a repository's digests with its
+                # last tag itself: a digest already gone is skipped.
+                for ref in (*tags, *digests):
+                    current = self._inspect(ref)
                     if current is None or current.get("Id") != action.image_id:
                         continue
-                    self.api.remove_image(tag, force=False, noprune=False)
+                    self.api.remove_image(ref, force=False, noprune=False)
                     self.changed = True
                 if self._inspect(action.image_id) is not None:
-                    self._skip(action, "still present after untagging (a tag was moved or added meanwhile)")
+                    self._skip(action, "still present after removing its names (a name was moved or added meanwhile)")
                     return
         except self.errors.NotFound:
             self.already_gone.append(action.image_id)

@@ -13,7 +13,7 @@ description:
     with BuildKit (C(docker build --network none); no stage images left behind), tags it C(REPO:build-HASH12),
     runs the gate check when O(gate) names one, and pushes it to O(registry) when one is given (the manifest
     digest is returned). A service that fails is reported in RV(failures), not raised, so the others still ship.
-  - O(state=shipped) (once per host) puts every image of O(images) whose gates passed on O(docker_host):
+  - O(state=shipped) (once per host) puts every image of O(images) whose gates passed on O(docker_host) -
     nothing when the host holds the image ID; else pulled by digest from the registry, or streamed from the
     builder's engine (export -> load). Then the service's release tag is moved to it; the image that tag named
     keeps a C(REPO:rollback-ID12) tag so it never turns dangling. With O(state_db), one build record per
@@ -51,13 +51,16 @@ options:
   client_key:
     description: Client key for TLS.
     type: path
+  ssh_config:
+    description: For an ssh:// O(docker_host), the ssh config file to use (C(ssh -F)); default ssh's own.
+    type: path
   timeout:
     description: Engine API timeout in seconds.
     type: float
     default: 300
   builder:
     description: For O(state=shipped), the builder's connection (host_name, docker_host, tls, validate_certs,
-      ca_path, client_cert, client_key), to stream images from when no registry is used.
+      ca_path, client_cert, client_key, ssh_config), to stream images from when no registry is used.
     type: dict
   policy:
     description: The C(acgs_policy) mapping (services, sources_root, build args). Required for O(state=built).
@@ -126,14 +129,15 @@ from pathlib import Path  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-_CONN = ("docker_host", "tls", "validate_certs", "ca_path", "client_cert", "client_key")
+_CONN = ("docker_host", "tls", "validate_certs", "ca_path", "client_cert", "client_key", "ssh_config")
 
 
 def _host(Host, name, params, timeout):
     return Host(name=name, docker_host=params.get("docker_host") or "unix:///var/run/docker.sock",
                 tls=bool(params.get("tls")), validate_certs=bool(params.get("validate_certs")),
                 ca_path=params.get("ca_path") or None, client_cert=params.get("client_cert") or None,
-                client_key=params.get("client_key") or None, timeout=float(timeout))
+                client_key=params.get("client_key") or None, ssh_config=params.get("ssh_config") or None,
+                timeout=float(timeout))
 
 
 def _load_gate(spec):
@@ -290,6 +294,7 @@ def main() -> None:
         "ca_path": {"type": "path"},
         "client_cert": {"type": "path"},
         "client_key": {"type": "path"},
+        "ssh_config": {"type": "path"},
     }
     module = AnsibleModule(
         argument_spec={
