@@ -17,7 +17,7 @@ description:
     its soak, the images the deployment replaced beyond rollback retention are removed (O(cleanup)).
   - The plan comes from O(plan) (what C(acgs-remediate phase3) showed), else it is made here from the
     host's engine, the compose file of O(policy) and phase 2's build records in O(state_db) (or O(images)).
-  - O(state=rolled_back) returns the host to a deployed rollback unit: the one of run O(run_id) when
+  - O(state=rolled_back) returns the host to a deployed rollback unit, the one of run O(run_id) when
     O(scope=run) (the failure policy C(rollback_fleet)), else its latest (C(acgs-remediate rollback)).
   - Supports check mode (says what would switch, nothing changes) and diff mode (the compose file).
   - Everything is done by C(acgs_remediate.rollout) and C(acgs_remediate.phases.phase3).
