@@ -196,6 +196,9 @@ class HostOutcome:
     cells: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
     ledger_items: list[dict[str, Any]] = field(default_factory=list)
+    # The host's state when the phase knows it better than the playbook's stats (phase 3: "rolled_back" for a
+    # host the failure policy sent back, "pending" for one the rollout never reached); None: from the stats.
+    status: str | None = None
 
 
 class PhaseSpec(ABC, Generic[P]):
@@ -246,6 +249,18 @@ class PhaseSpec(ABC, Generic[P]):
 
     def after_run(self, store: StateStore, report: RunReport) -> None:
         """Record what the phase learned during a run that was not in check mode (default: nothing)."""
+
+    def before_plan(self, store: StateStore, hosts: list[Host], run_id: str, check: bool) -> None:
+        """Put right what a dead run left on ``hosts`` before their facts are read (default: nothing).
+
+        Called by a run (not by ``plan``) with the host locks held (none in check mode), after the ledger's
+        own reconcile; ``run_id`` is the run's. Phase 3 returns a host whose switch a killed run left half
+        done to its rollback unit here.
+        """
+
+    def needs_confirmation(self, planned: Planned) -> bool:
+        """Return whether a run must ask before applying ``planned`` (default: always, unless ``--yes``)."""
+        return True
 
     @abstractmethod
     def plan_host(self, snapshot: HostSnapshot, policy: Policy, prepared: Any) -> P:
@@ -337,10 +352,10 @@ class RunReport:
         return self.run_id is None and not self.rows and not self.unreachable
 
     def exit_code(self) -> int:
-        """Return 1 when a host failed or was interrupted, 3 when one was unreachable, else 0."""
+        """Return 1 when a host failed, was interrupted or rolled back, 3 when one was unreachable, else 0."""
         from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 
-        if any(r["status"] in ("failed", "interrupted") for r in self.rows):
+        if any(r["status"] in ("failed", "interrupted", "rolled_back") for r in self.rows):
             return EXIT_FAILED
         if self.unreachable or any(r["status"] == "unreachable" for r in self.rows):
             return EXIT_PARTIAL
@@ -686,6 +701,20 @@ def run_phase(
         store.close()
 
 
+def run_on_fleet(
+    spec: PhaseSpec[Any], fleet: Fleet, store: StateStore, options: RunOptions, ui: Interaction
+) -> RunReport:
+    """Run ``spec`` on every host of an already loaded ``fleet`` (its policies as they are in memory).
+
+    The same flow as :func:`run_phase` without a saved plan: for callers (and tests) that adjust a loaded
+    fleet's policies before running; the playbook still reads the connection variables from
+    ``fleet.source``, so a phase whose playbook needs the adjusted policy passes it in its extravars.
+    """
+    policies = policies_of(fleet)
+    spec.prepare(policies, _inventory_base(fleet))
+    return _run(spec, fleet, list(fleet.hosts), policies, store, options, ui, None)
+
+
 def _run(
     spec: PhaseSpec[Any],
     fleet: Fleet,
@@ -711,6 +740,7 @@ def _run(
     run_id = new_run_id(spec.name)
     locks = None if options.check else store.lock_hosts([h.name for h in todo], run_id)
     try:
+        spec.before_plan(store, todo, run_id, options.check)
         clock = time.monotonic()
         plans, before, unreachable = _read_and_plan(spec, fleet, todo, policies, options.forks, saved is None, store)
         if saved is not None:
@@ -724,7 +754,7 @@ def _run(
         targets = sorted(plans)
         idle = [n for n in targets if spec.skip_idle_hosts and not plans[n].actions]
         busy = [n for n in targets if n not in idle]
-        if busy and not options.check and not options.yes:
+        if busy and not options.check and not options.yes and spec.needs_confirmation(planned):
             ui.confirm(planned)
         if not options.check:
             store.begin_run(run_id, spec.name, targets + [u.host for u in unreachable])
@@ -852,6 +882,8 @@ def _summarise(
             status = ("would change" if hr.changed else "no change") if check else "succeeded"
         else:
             status = hr.status  # failed / unreachable / not_run
+        if outcome.status is not None and not result.interrupted:
+            status = outcome.status
         messages = list(hr.messages)
         if shared is not None and not result.interrupted:
             if status in ("succeeded", "would change", "no change"):
@@ -875,7 +907,7 @@ def _summarise(
         report.notes[name] = outcome.notes + messages
         if check:
             continue
-        ledger_status = {"succeeded": "succeeded", "interrupted": "interrupted"}.get(status, "failed")
+        ledger_status = status if status in ("succeeded", "interrupted", "rolled_back", "pending") else "failed"
         store.finish_host(
             name,
             spec.name,

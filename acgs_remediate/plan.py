@@ -546,3 +546,67 @@ def plan(
     if phase == PHASE1:
         return plan_phase1(snapshot, policy, build_files)
     raise ValueError(f"unknown phase {phase!r}; known: {', '.join(PHASES)}")
+
+
+# -- phase 3: cleanup after health ------------------------------------------------------------------
+
+
+_CANDIDATE_PREFIX = "build-"  # phase 2's candidate tag REPO:build-<hash12> (builds.CANDIDATE_PREFIX)
+
+
+def plan_cleanup_after_health(
+    snapshot: HostSnapshot, policy: Policy, unit_images: Iterable[str]
+) -> list[tuple[str, list[str], str]]:
+    """Return what phase 3 removes once a host passed its soak: ``(image ID, tags to drop, why)`` in order.
+
+    The images a deployment replaced carry ``REPO:rollback-<id12>`` of their service (``deploy.rollback_tag``)
+    and are kept by rollback retention until this cleanup lets them go (issue 11 item 4: only after the new
+    deployment passed its soak). Per service, the ``rollback_keep`` newest rollback-tagged images stay, the
+    images of the host's recorded rollback unit (``unit_images``) always among them; the others lose their
+    rollback tags and phase 2's candidate tags of the service's repository (``REPO:build-<hash12>``), and an
+    image goes only when, without those tags, :func:`decide_removals` removes it as
+    dangling — the same rules as phase 1: never an image a container uses (running or stopped), never a
+    protected pattern, never the current or previous images of rollback retention, never the base of an
+    image that stays, never an image with another name (a second tag or a digest). Ages do not hold these
+    images back: the deployment itself replaced them. Pure: the caller re-checks use before acting.
+    """
+    keep = set(unit_images)
+    drop: dict[str, list[str]] = {}
+    for service in policy.services:
+        repo = _repository(service.image)
+        prefix = f"{repo}:{ROLLBACK_TAG_PREFIX}"
+        tagged = sorted(
+            (img for img in snapshot.images if any(t.startswith(prefix) for t in img.repo_tags)),
+            key=lambda img: (img.created, img.id),
+            reverse=True,
+        )
+        kept = [img.id for img in tagged if img.id in keep]
+        for img in tagged:
+            if img.id in keep or img.id in kept:
+                continue
+            if len(kept) < policy.rollback_keep:
+                kept.append(img.id)
+                continue
+            # Its rollback tag and phase 2's candidate tags of the same repository (builds.CANDIDATE_PREFIX): a
+            # build beyond retention is no longer a candidate for anything.
+            ours = (prefix, f"{repo}:{_CANDIDATE_PREFIX}")
+            drop.setdefault(img.id, []).extend(t for t in img.repo_tags if t.startswith(ours))
+    if not drop:
+        return []
+    images = [
+        img.model_copy(update={"repo_tags": [t for t in img.repo_tags if t not in drop.get(img.id, [])]})
+        for img in snapshot.images
+    ]
+    after = snapshot.model_copy(update={"images": images})
+    ageless = policy.model_copy(update={"dangling_min_age": 0.0, "fresh_min_age": 0.0, "oversized_images": []})
+    decision = decide_removals(after, ageless)
+    by_id = {img.id: img for img in snapshot.images}
+    out: list[tuple[str, list[str], str]] = []
+    for image_id, category, _why in decision.removals:
+        img = by_id[image_id]
+        if any(policy.is_protected(ref) for ref in [*img.repo_tags, *img.repo_digests, img.id]):
+            continue  # a protected pattern that named it by the rollback tag dropped above still holds
+        if category == "dangling" and image_id in drop and image_id not in keep:
+            tags = sorted(drop[image_id])
+            out.append((image_id, tags, f"replaced by phase 3, beyond rollback retention ({policy.rollback_keep})"))
+    return out

@@ -50,7 +50,7 @@ from .errors import EnvironmentProblem
 from .facts import describe_error, engine_api
 
 if TYPE_CHECKING:
-    from .config import DeployPolicy
+    from .config import DeployPolicy, Policy
     from .inventory import Host
     from .state import StateStore
 
@@ -287,6 +287,8 @@ class HostRollout:
     switch_seconds: float = 0.0
     rollback_seconds: float | None = None
     unit_id: int | None = None
+    # service -> seconds a probe of it did not answer during the switch and any rollback (filled when probed)
+    unavailable_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def record_unit(
@@ -599,3 +601,71 @@ def rollout(
                         on_host(prev)
         break
     return out
+
+
+# -- cleanup after health ------------------------------------------------------------------------------
+
+
+def cleanup_after_health(host: Host, policy: Policy, unit: RollbackUnit, check: bool = False) -> list[dict[str, Any]]:
+    """Remove the images a passed deployment replaced beyond rollback retention; return what went (or would go).
+
+    Call only once ``host`` passed its soak. What goes is ``plan.plan_cleanup_after_health`` over the host's
+    facts read now (the unit's images always stay); just before acting, each image is checked again: an image
+    a container (any state) uses now is skipped and said so. Removal drops the image's rollback tags one by
+    one, never forced, so the engine deletes it only when no other name and no child holds it.
+    Entries: ``{"image", "tags", "reason", "removed"}`` (``removed`` False in check mode or when skipped).
+    """
+    from .facts import collect
+    from .plan import plan_cleanup_after_health
+
+    snapshot = collect(host)
+    planned = plan_cleanup_after_health(snapshot, policy, unit.images().values())
+    out: list[dict[str, Any]] = []
+    if not planned:
+        return out
+    with engine_api(host) as api:
+        for image_id, tags, why in planned:
+            entry: dict[str, Any] = {"image": image_id, "tags": tags, "reason": why, "removed": False}
+            out.append(entry)
+            if check:
+                continue
+            users = [c for c in api.containers(all=True) if c.get("ImageID") == image_id]
+            if users:
+                entry["reason"] = f"skipped: now used by container {', '.join(users[0].get('Names') or ['?'])}"
+                continue
+            try:
+                for tag in tags:
+                    api.remove_image(tag)
+            except Exception as exc:  # a child image or a new name holds it: it stays, and the entry says why
+                entry["reason"] = f"skipped: {describe_error(exc)}"
+                continue
+            entry["removed"] = True
+    return out
+
+
+def write_compose(path: Path, text: str, keep: str = ".previous", only_if: str | None = None) -> bool:
+    """Write ``text`` to the compose file ``path`` atomically, the old content kept as ``path`` + ``keep``.
+
+    Nothing is written when the file already holds ``text``, or when ``only_if`` is given and the file does
+    not hold it (a rollback puts the previous file back only over the target it replaced). Hosts of one
+    batch switch in parallel and share the file: writers are serialised by a lock on its directory.
+    Return whether the file was written.
+    """
+    import fcntl
+
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            old = path.read_text()
+        except FileNotFoundError:
+            old = ""
+        if old == text or (only_if is not None and old != only_if):
+            return False
+        path.with_name(path.name + keep).write_text(old)
+        tmp = path.with_name(f".{path.name}.acgs-tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        return True
+    finally:
+        os.close(fd)

@@ -135,11 +135,6 @@ def plan_cmd(
     """Show per host exactly what a phase would do (reason, predicted bytes) and what stays and why."""
     from ..orchestrate import plan_phase
 
-    if phase == "phase3":  # its own flow (acgs_remediate.phases.phase3): per-host deploy plans
-        from .deploy import plan_phase3_command
-
-        plan_phase3_command(inventory, hosts, state, fmt)
-        return
     spec = get_spec(phase)
     planned = plan_phase(spec, inventory, hosts, state_path(state), forks, save_to=output)
     if planned.skipped_done and fmt is not OutputFormat.json:
@@ -296,6 +291,7 @@ def run_phase_command(
     plan_file: Path | None,
     extra_output: Callable[[RunReport, OutputFormat], None] | None = None,
     on_report: Callable[[RunReport], None] | None = None,
+    json_view: Callable[[RunReport], dict[str, Any]] | None = None,
 ) -> None:
     """Run ``phase`` through the shared flow, print its result, exit with its code (every phase command).
 
@@ -304,7 +300,8 @@ def run_phase_command(
 
     ``extra_output(report, fmt)`` prints a phase's own result section after the summary (not for JSON: the
     rows carry it). ``on_report`` receives the run's report before the command exits (hygiene writes its
-    metrics from it).
+    metrics from it). ``json_view(report)``: the phase's own JSON document instead of the run's rows (phase 3
+    keeps its rollout's per-host shape).
     """
     from ..orchestrate import RunOptions, run_phase
 
@@ -323,7 +320,10 @@ def run_phase_command(
         raise typer.Exit(0)
     for style, line in report.diff:
         err.print(Text(line, style=style))
-    _emit_summary(spec, report, fmt)
+    if json_view is not None and fmt is OutputFormat.json:
+        print_json(json_view(report))
+    else:
+        _emit_summary(spec, report, fmt)
     if extra_output is not None and fmt is not OutputFormat.json:
         extra_output(report, fmt)
     code = report.exit_code()

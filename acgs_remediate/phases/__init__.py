@@ -16,6 +16,7 @@ from ..orchestrate import PhaseSpec
 _SPECS = {
     "phase1": "phase1:Phase1",
     "phase2": "phase2:Phase2",
+    "phase3": "phase3:Phase3",
     "hygiene": "hygiene:Hygiene",
 }
 PHASE_NAMES: tuple[str, ...] = tuple(_SPECS)
