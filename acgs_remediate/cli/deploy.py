@@ -61,6 +61,7 @@ def _rollout_json(result: Phase3Result) -> dict[str, Any]:
                 "switched": r.switched,
                 "switch_seconds": round(r.switch_seconds, 2),
                 "rollback_seconds": r.rollback_seconds,
+                "unavailable_seconds": r.unavailable_seconds,
             }
             for h, r in result.rollout.hosts.items()
         }

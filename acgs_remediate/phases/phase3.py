@@ -64,8 +64,9 @@ class Phase3Plan:
     previous_texts: dict[str, str]  # host -> the compose file it runs now (its rollback unit's file)
     targets: dict[str, dict[str, ServiceTarget]]
     plans: dict[str, DeployPlan]
-    soak: float  # seconds
+    soak: float  # seconds: the longest host's soak window
     notes: list[str] = field(default_factory=list)
+    soaks: dict[str, float] = field(default_factory=dict)  # host -> its soak window (seconds)
     resumed: dict[str, HostRollout] = field(default_factory=dict)  # hosts an interrupted run left, put back
 
     def diff(self) -> str:
@@ -79,6 +80,7 @@ class Phase3Plan:
             "compose_file": str(self.compose_path),
             "project": self.project,
             "soak_seconds": self.soak,
+            "soak_seconds_per_host": self.soaks,
             "notes": self.notes,
             "hosts": {h: p.for_run() for h, p in self.plans.items()},
         }
@@ -98,7 +100,9 @@ def resume_interrupted(store: StateStore, hosts: list[Host], log: Log = _quiet) 
     """Return each host a dead run left mid-switch to its recorded unit (call with the host locks held)."""
     out: dict[str, HostRollout] = {}
     for host in hosts:
-        for uid, _status, unit in store.rollback_units(host.name, statuses=["switching"]):
+        # "switching": the run died mid-switch; "rollback_failed": its rollback could not finish (the engine went
+        # away): either way the host may be half switched; back to the unit first, then the plan starts afresh.
+        for uid, _status, unit in store.rollback_units(host.name, statuses=["switching", "rollback_failed"]):
             log(f"{host.name}: a run ({unit.run_id}) ended mid-switch: returning the host to its rollback unit")
             out[host.name] = rollback_host(store, host, uid, unit, log=log)
             store.finish_host(
@@ -175,7 +179,8 @@ def plan_phase3(fleet: Fleet, store: StateStore, log: Log = _quiet) -> Phase3Pla
             plan.target_texts[host.name] = target_compose(previous, targets)
         except DeployError as exc:
             raise UsageError(f"{compose_path}: {exc}", hint="fix the compose file, then re-run") from None
-    plan.soak = max(soak_seconds(plan.targets[h.name], policies[h.name].deploy.soak) for h in fleet.hosts)
+    plan.soaks = {h.name: soak_seconds(plan.targets[h.name], policies[h.name].deploy.soak) for h in fleet.hosts}
+    plan.soak = max(plan.soaks.values())
     return plan
 
 
@@ -215,8 +220,10 @@ def run_phase3(
     """
     run_id = new_run_id(PHASE3)
     names = [h.name for h in fleet.hosts]
+    # Before taking the locks: a row still "running" is a dead run's only while its lock is free (a lock held
+    # by this very process would make every row look alive, and nothing would ever read "interrupted").
+    store.reconcile()
     with store.lock_hosts(names, run_id):
-        store.reconcile()
         resumed = {} if check else resume_interrupted(store, fleet.hosts, log)
         plan = plan_phase3(fleet, store, log)
         plan.resumed = resumed
@@ -252,6 +259,7 @@ def run_phase3(
                     "status": hr.status,
                     "switch_seconds": round(hr.switch_seconds, 2),
                     "rollback_seconds": None if hr.rollback_seconds is None else round(hr.rollback_seconds, 2),
+                    "unavailable_seconds": dict(hr.unavailable_seconds),
                 },
                 run_id=run_id,
             )
@@ -265,7 +273,7 @@ def run_phase3(
             plan.previous_texts,
             plan.target_texts,
             policy,
-            plan.soak,
+            plan.soaks,
             run_id,
             log=log,
             on_host=record,
