@@ -175,6 +175,10 @@ class DeployPolicy(_Strict):
     healthchecks: dict[str, HealthcheckSpec] = Field(default_factory=dict)  # compose service -> its check
     one_shot: list[str] | None = None  # compose services that must exit 0; default: those with restart "no"
     env: dict[str, str] = Field(default_factory=dict)  # variables the compose file is interpolated with
+    # Compose service -> a URL the control node can reach that answers 200 while the service is up (its health
+    # endpoint), ${VAR} expanded from the host's deploy environment (``env``, then the host var
+    # ``acgs_deploy_env``). Polled during the switch and any rollback: seconds of unavailability per service.
+    probes: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _batch(self) -> DeployPolicy:

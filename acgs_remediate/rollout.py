@@ -95,6 +95,105 @@ def compose_env(host: Host, env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+DEPLOY_ENV_VAR = "acgs_deploy_env"  # host var: per-host variables the compose file is interpolated with
+
+
+def deploy_env(host: Host, policy: DeployPolicy) -> dict[str, str]:
+    """Return ``host``'s deploy environment: the policy's ``deploy.env``, then the host var ``acgs_deploy_env``.
+
+    The host var carries what differs per host (the address its services bind, which their HEALTHCHECK asks).
+    Raises UsageError when the host var is not a mapping.
+    """
+    from .errors import UsageError
+
+    env = {str(k): str(v) for k, v in policy.env.items()}
+    extra = host.vars.get(DEPLOY_ENV_VAR) or {}
+    if not isinstance(extra, Mapping):
+        raise UsageError(
+            f"{host.name}: host var {DEPLOY_ENV_VAR} must be a mapping of variable -> value",
+            hint=f"write it like {DEPLOY_ENV_VAR}: {{ACGS_BIND: 127.0.0.1}}",
+        )
+    env.update({str(k): str(v) for k, v in extra.items()})
+    return env
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Return ``text`` with ``${VAR}``, ``${VAR:-default}`` and ``$VAR`` replaced from ``env`` (then os.environ)."""
+
+    def one(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(3)
+        value = env.get(name, os.environ.get(name))
+        if value is None or (value == "" and m.group(2) is not None):
+            return m.group(2) or ""
+        return value
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)", one, text)
+
+
+class Probe:
+    """Polls a URL from the control node in a thread; ``unavailable`` is the seconds it did not answer 200.
+
+    Each poll that fails counts the time until the next poll (resolution: ``every`` seconds plus a request's
+    time). Used during a switch and a rollback: what a client of the service would have seen.
+    """
+
+    def __init__(self, url: str, every: float = 0.1, timeout: float = 1.0) -> None:
+        import threading
+
+        self.url = url
+        self.every = every
+        self.timeout = timeout
+        self.unavailable = 0.0
+        self.polls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"probe {url}", daemon=True)
+
+    def _ok(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url, timeout=self.timeout) as resp:  # noqa: S310 (the user's probe URL)
+                return bool(resp.status == 200)
+        except (OSError, ValueError):
+            return False
+
+    def _run(self) -> None:
+        last: tuple[float, bool] | None = None
+        while True:
+            ok = self._ok()
+            now = time.monotonic()
+            if last is not None and not last[1]:
+                self.unavailable += now - last[0]
+            last = (now, ok)
+            self.polls += 1
+            if self._stop.wait(self.every):
+                break
+        if last is not None and not last[1]:
+            self.unavailable += time.monotonic() - last[0]
+
+    def start(self) -> Probe:
+        """Start polling; return self."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        """Stop polling; return the seconds of unavailability seen."""
+        self._stop.set()
+        self._thread.join(timeout=self.timeout + 5)
+        return self.unavailable
+
+
+def start_probes(urls: Mapping[str, str], services: Sequence[str], env: Mapping[str, str]) -> dict[str, Probe]:
+    """Return a started probe per service of ``services`` that ``urls`` names (URLs ``${VAR}``-expanded)."""
+    return {s: Probe(expand(urls[s], env)).start() for s in services if s in urls}
+
+
+def stop_probes(probes: Mapping[str, Probe], into: dict[str, float]) -> None:
+    """Stop ``probes`` and add each one's unavailable seconds to ``into`` (service -> seconds)."""
+    for svc, probe in probes.items():
+        into[svc] = round(into.get(svc, 0.0) + probe.stop(), 2)
+
+
 def interpolation_env(compose_text: str, extra: Mapping[str, str]) -> dict[str, str]:
     """Return the variables ``compose_text`` interpolates that are set now (os.environ, then ``extra``)."""
     names = set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", compose_text))
@@ -287,7 +386,7 @@ class HostRollout:
     switch_seconds: float = 0.0
     rollback_seconds: float | None = None
     unit_id: int | None = None
-    # service -> seconds a probe of it did not answer during the switch and any rollback (filled when probed)
+    # service -> seconds its probe URL (deploy.probes) did not answer 200 during the switch and any rollback
     unavailable_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -348,7 +447,7 @@ def switch_host(
     if not plan.actions:
         result.status = "unchanged"
         return result
-    env = interpolation_env(target_text, policy.env)
+    env = interpolation_env(target_text, deploy_env(host, policy))
     unit_id, unit = record_unit(store, host, plan, previous_text, target_text, env, run_id, targets)
     result.unit_id = unit_id
     result.switched = list(unit.switched)
@@ -356,6 +455,7 @@ def switch_host(
     one_shots = [c.service for c in plan.actions if c.kind == "run_once"]
     long_running = {c.service: targets[c.service].healthcheck is not None for c in plan.actions if c.kind == "switch"}
     t0 = time.monotonic()
+    probes: dict[str, Probe] = {}
     try:
         adopt(host, unit, [*one_shots, *long_running])
         if one_shots:
@@ -366,6 +466,7 @@ def switch_host(
                 raise _GateFailed(verdict.reason)
         if long_running:
             log(f"{host.name}: switching {', '.join(long_running)}; soak {soak:g} s")
+            probes = start_probes(policy.probes, list(long_running), env)
             compose_up(host, target_text, project_dir, plan.project, list(long_running), env)
             verdict = watch(host, plan.project, long_running, [], soak, policy.timeout)
             if not verdict.ok:
@@ -374,12 +475,19 @@ def switch_host(
         result.switch_seconds = time.monotonic() - t0
         result.reason = str(exc)
         log(f"{host.name}: failed: {exc}; rolling back")
-        rb = rollback_host(store, host, unit_id, unit, log=log)
+        try:
+            rb = rollback_host(store, host, unit_id, unit, log=log)
+        finally:
+            stop_probes(probes, result.unavailable_seconds)
         result.rollback_seconds = rb.rollback_seconds
         result.status = "rolled_back" if rb.status == "rolled_back" else "failed"
         if rb.status != "rolled_back":
             result.reason += f"; rollback failed: {rb.reason}"
         return result
+    except BaseException:
+        stop_probes(probes, result.unavailable_seconds)
+        raise
+    stop_probes(probes, result.unavailable_seconds)
     result.switch_seconds = time.monotonic() - t0
     store.set_rollback_unit_status(unit_id, "deployed")
     _drop_adopted(host, unit)
@@ -434,12 +542,14 @@ def rollback_host(
     unit: RollbackUnit,
     log: Log = _quiet,
     timeout: float = 120.0,
+    probe_urls: Mapping[str, str] | None = None,
 ) -> HostRollout:
     """Return ``host`` to exactly ``unit``: its compose file with each switched service on its recorded image.
 
     Pulls nothing (``--pull never``); one-shots are not re-run (a migration is not undone by running the old
     one). Checks the restored services are up again (healthy where they have a healthcheck) and records the
     unit ``rolled_back`` (or ``rollback_failed``). ``rollback_seconds`` is the wall time until healthy.
+    ``probe_urls`` (compose service -> URL, deploy.probes): polled meanwhile, into ``unavailable_seconds``.
     """
     from .deploy import compose_services
 
@@ -447,6 +557,7 @@ def rollback_host(
     result = HostRollout(host=host.name, unit_id=unit_id, switched=list(unit.switched))
     defined = compose_services(unit.compose_text)
     back = [s for s in unit.switched if s in unit.services and s in defined and not defined[s].one_shot]
+    probes = start_probes(probe_urls or {}, back, unit.env)
     try:
         # A hand-made container kept by ``adopt`` comes back as itself; once it is gone (the host had passed
         # its gate), Compose recreates the service from the unit's file, pinned to the recorded image.
@@ -460,6 +571,8 @@ def rollback_host(
         verdict = Verdict(False, str(exc))
     except Exception as exc:  # the engine refused or went away: the unit stays open for the next run
         verdict = Verdict(False, describe_error(exc))
+    finally:
+        stop_probes(probes, result.unavailable_seconds)
     result.rollback_seconds = time.monotonic() - t0
     if verdict.ok:
         result.status = "rolled_back"
@@ -530,7 +643,7 @@ def rollout(
     previous_texts: Mapping[str, str],
     target_texts: Mapping[str, str],
     policy: DeployPolicy,
-    soak: float,
+    soak: float | Mapping[str, float],
     run_id: str,
     log: Log = _quiet,
     on_host: Callable[[HostRollout], None] | None = None,
@@ -539,7 +652,8 @@ def rollout(
 
     ``rollback_fleet``: when a host fails, every host switched earlier in this run goes back to its unit too.
     ``rollback_host``: only the failed host goes back, the rollout goes on. ``pause``: the failed host goes
-    back and the rollout stops; hosts not reached stay ``pending``.
+    back and the rollout stops; hosts not reached stay ``pending``. ``soak``: seconds, one for every host or
+    per host (each host's own window: its healthchecks' start_period + interval x retries, at least the policy's).
     """
     out = FleetRollout()
     names = [h.name for h in hosts]
@@ -560,7 +674,7 @@ def rollout(
                     previous_texts[h],
                     target_texts[h],
                     policy,
-                    soak,
+                    soak if isinstance(soak, int | float) else soak[h],
                     run_id,
                     log,
                 )
@@ -588,12 +702,16 @@ def rollout(
                     unit_id = out.hosts[h].unit_id
                     assert unit_id is not None
                     unit = store.rollback_unit(unit_id)
-                    futs[h] = pool.submit(rollback_host, store, by_name[h], unit_id, unit, log)
+                    futs[h] = pool.submit(
+                        rollback_host, store, by_name[h], unit_id, unit, log, probe_urls=policy.probes
+                    )
                 for h, fut in futs.items():
                     rb = fut.result()
                     prev = out.hosts[h]
                     prev.status = "rolled_back" if rb.status == "rolled_back" else "failed"
                     prev.rollback_seconds = rb.rollback_seconds
+                    for svc, secs in rb.unavailable_seconds.items():
+                        prev.unavailable_seconds[svc] = round(prev.unavailable_seconds.get(svc, 0.0) + secs, 2)
                     prev.reason = f"rolled back with the fleet ({failed[0]} failed)" + (
                         f"; rollback failed: {rb.reason}" if rb.status != "rolled_back" else ""
                     )

@@ -1395,6 +1395,9 @@ class Sandbox:
             if callable(bind):
                 # Where this host's services listen (health checks): derived from the engine name.
                 hosts[e.name]["acgs_sandbox_bind_address"] = bind(e.hostname)
+                # Phase 3 interpolates the compose file's ${ACGS_BIND} with it: the services listen there
+                # and their HEALTHCHECK asks it (the compose file's default, "auto", is no address to ask).
+                hosts[e.name]["acgs_deploy_env"] = {"ACGS_BIND": bind(e.hostname)}
         inventory = {"all": {"children": {GROUP: {"hosts": hosts}}}}
         if scen is not None:
             log(f"writing the scenario's sources to {self.sources_root}")
@@ -1424,6 +1427,15 @@ class Sandbox:
             if len(transports) > 1 or transport != "unix":
                 # inventory-<transport>.yml reads the same group_vars (same directory).
                 _write_atomic(self.directory / f"inventory-{transport}.yml", text)
+        probes = {
+            str(svc.get("compose_service") or svc["name"]): f"http://${{ACGS_BIND}}:{svc['port']}/health"
+            for svc in policy.get("services") or []
+            if svc.get("port")
+        }
+        if probes:
+            # Phase 3 polls each service's health endpoint on the host's address while it switches and rolls
+            # back: seconds of unavailability per service (the services answer GET /health on ACGS_BIND).
+            policy.setdefault("deploy", {})["probes"] = probes
         gv = self.directory / "group_vars"
         gv.mkdir(exist_ok=True)
         _write_atomic(gv / "all.yml", header + yaml.safe_dump({"acgs_policy": policy}, sort_keys=False))

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job end to end on a fresh local sandbox fleet: analyze -> phase1 -> phase2 -> verify -> status -> hygiene.
+# The main job end to end on a fresh local sandbox fleet:
+# analyze -> phase1 -> phase2 -> phase3 -> verify -> status -> hygiene, then where the HTML report is.
 # Usage: scripts/demo.sh HOSTS DIR STATE   (make demo passes them)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,12 +37,22 @@ run "9. Phase 2: build each optimized image once, gate it, ship it to every host
   acgs-remediate phase2 --hosts all --yes
 run "10. Phase 2 again with --force: unchanged sources, nothing rebuilt, nothing changed" \
   acgs-remediate phase2 --hosts all --yes --force
-run "11. Verify after phases 1 and 2" acgs-remediate verify --hosts all --junit reports/verify.xml
-run "12. The report again: service images before -> after (also in reports/analyze-after.html)" \
+run "11. Phase 3 plan: per host which services switch to the released images (pinned by digest), what stays" \
+  acgs-remediate plan phase3 --hosts all
+run "12. Phase 3: canary, then batches; each host health-gated through its soak window, rolled back on failure" \
+  acgs-remediate phase3 --hosts all --yes
+run "13. Phase 3 again: the stack already runs the released images, nothing is recreated" \
+  acgs-remediate phase3 --hosts all --yes
+run "14. Verify after phases 1, 2 and 3: all five criteria on sb-h01 and sb-h02; on sb-h03 someone still runs
+   the oversized gs image and keeps a rocm/pytorch notebook container, so storage cannot reach 90 % there" \
+  acgs-remediate verify --hosts all --junit reports/verify.xml
+acgs-remediate verify --hosts sb-h01,sb-h02 >/dev/null 2>&1 && echo "verify sb-h01,sb-h02: all five criteria pass" \
+  || echo "verify sb-h01,sb-h02: NOT all criteria pass (see above)"
+run "15. The report again: service images before -> after (also in reports/analyze-after.html)" \
   acgs-remediate analyze --hosts all
 acgs-remediate analyze --hosts all --format html -o reports/analyze-after.html >/dev/null 2>&1
-run "13. Where every host stands" acgs-remediate status
-run "14. Hygiene, the scheduled run (cron/systemd/AWX): after phases 1 and 2 every host is clean, nothing to do" \
+run "16. Where every host stands" acgs-remediate status
+run "17. Hygiene, the scheduled run (cron/systemd/AWX): after the three phases every host is clean, nothing to do" \
   acgs-remediate hygiene --hosts all --yes --metrics-file reports/acgs_hygiene.prom
-printf '\nReports: reports/analyze.md, reports/analyze.html, reports/analyze-after.html, reports/verify.xml, '
-printf 'reports/acgs_hygiene.prom. Stop the fleet: make demo-down\n'
+printf '\nHTML report: %s (before: %s)\n' "$PWD/reports/analyze-after.html" "$PWD/reports/analyze.html"
+printf 'Also: reports/analyze.md, reports/verify.xml, reports/acgs_hygiene.prom. Stop the fleet: make demo-down\n'

@@ -88,7 +88,8 @@ class Phase3HostPlan(BaseModel):
     canary: int = 1
     batch_size: int | str = "25%"
     failure_policy: str = "rollback_fleet"
-    env: dict[str, str] = Field(default_factory=dict)  # compose interpolation variables (policy)
+    env: dict[str, str] = Field(default_factory=dict)  # compose interpolation variables (policy, then host var)
+    probes: dict[str, str] = Field(default_factory=dict)  # compose service -> URL polled for unavailability
     predicted_bytes: int = 0  # a switch frees nothing by itself (cleanup after health is measured)
     notes: list[str] = Field(default_factory=list)
 
@@ -178,7 +179,7 @@ def plan_deploy_host(
     Read-only. Raises UsageError (exit 2) for a missing or invalid compose file.
     """
     from ..facts import describe_error, engine_api
-    from ..rollout import observe
+    from ..rollout import deploy_env, observe
 
     path, text, project = read_compose(policy, base)
     services = compose_services(text, policy.deploy.one_shot)
@@ -224,7 +225,10 @@ def plan_deploy_host(
         canary=dp.canary,
         batch_size=dp.batch_size,
         failure_policy=dp.failure_policy,
-        env=dict(dp.env),
+        # deploy.env, then the host var acgs_deploy_env (what differs per host: the address its services bind,
+        # which their HEALTHCHECK asks): the module builds its own Host without inventory variables.
+        env=deploy_env(host, dp),
+        probes=dict(dp.probes),
         notes=notes + deploy.notes,
     )
 
@@ -243,7 +247,9 @@ def resume_interrupted(store: StateStore, hosts: list[Host], log: Log = _quiet) 
     """Return each host a dead run left mid-switch to its recorded unit (call with the host locks held)."""
     out: dict[str, HostRollout] = {}
     for host in hosts:
-        for uid, _status, unit in store.rollback_units(host.name, statuses=["switching"]):
+        # "switching": the run died mid-switch; "rollback_failed": its rollback could not finish (the engine went
+        # away): either way the host may be half switched; back to the unit first, then the plan starts afresh.
+        for uid, _status, unit in store.rollback_units(host.name, statuses=["switching", "rollback_failed"]):
             log(f"{host.name}: a run ({unit.run_id}) ended mid-switch: returning the host to its rollback unit")
             out[host.name] = rollback_host(store, host, uid, unit, log=log)
             store.finish_host(

@@ -191,7 +191,7 @@ def _switched(module, p, store, host):
     path = Path(plan.compose_path)
     # The first host of the run to switch writes the file; the others find it changed since their plan.
     write_compose(path, plan.target_text, keep=".previous", only_if=plan.current_text)
-    deploy = DeployPolicy(timeout=plan.timeout, env=plan.env, failure_policy=plan.failure_policy)
+    deploy = DeployPolicy(timeout=plan.timeout, env=plan.env, failure_policy=plan.failure_policy, probes=plan.probes)
     try:
         hr = switch_host(store, host, plan.deploy, plan.targets, plan.previous_text, plan.target_text, deploy,
                          plan.soak, p["run_id"])
@@ -245,7 +245,8 @@ def _rolled_back(module, p, store, host):
         module.exit_json(changed=True, status="would roll back", switched=unit.switched,
                          msg=f"would return {', '.join(unit.switched)} to the unit of {unit.run_id}")
         return
-    rb = rollback_host(store, host, uid, unit)
+    probes = _policy(p).deploy.probes if p["policy"] else None
+    rb = rollback_host(store, host, uid, unit, probe_urls=probes)
     if p["compose_back"]:
         write_compose(Path(unit.compose_path), unit.compose_text, keep=".rejected", only_if=unit.target_text)
     reason = p["reason"] if rb.status == "rolled_back" else f"{p['reason']}; rollback failed: {rb.reason}"
