@@ -362,14 +362,18 @@ class StateStore:
                 (host, kind, _iso(_now()), run_id, json.dumps(data, default=str)),
             )
 
-    def measurements(self, host: str, kind: str | None = None) -> list[dict[str, Any]]:
-        """Return the measurements of ``host`` (optionally one kind), newest first."""
+    def measurements(self, host: str, kind: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return the measurements of ``host`` (optionally one kind; the newest ``limit`` only), newest first."""
         sql = "SELECT kind, taken_at, run_id, data FROM measurements WHERE host = ?"
         args: list[Any] = [host]
         if kind is not None:
             sql += " AND kind = ?"
             args.append(kind)
-        rows = self._db.execute(sql + " ORDER BY id DESC", args).fetchall()
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self._db.execute(sql, args).fetchall()
         return [{"kind": k, "taken_at": t, "run_id": r, "data": json.loads(d)} for k, t, r, d in rows]
 
     # -- what hygiene saw: images first seen and last used, and how far the event stream was read ------------

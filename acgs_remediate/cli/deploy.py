@@ -9,7 +9,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from .common import FormatOpt, HostsOpt, InventoryOpt, OutputFormat, StateOpt, err, out, print_json, state_path
+from .common import (
+    FormatOpt,
+    HostsOpt,
+    InventoryOpt,
+    OutputFormat,
+    StateOpt,
+    err,
+    out,
+    print_json,
+    print_table,
+    state_path,
+)
 
 if TYPE_CHECKING:
     from ..phases.phase3 import Phase3Plan, Phase3Result
@@ -64,6 +75,7 @@ def _rollout_json(result: Phase3Result) -> dict[str, Any]:
             }
             for h, r in result.rollout.hosts.items()
         }
+        data["monitor"] = {h: m.model_dump(mode="json") for h, m in result.monitor.items()}
     return data
 
 
@@ -113,6 +125,10 @@ def phase3_cmd(
             rb = f"{r.rollback_seconds:.1f}" if r.rollback_seconds is not None else "-"
             table.add_row(h, r.status, ", ".join(r.switched), f"{r.switch_seconds:.1f}", rb, escape(r.reason))
         out.print(table)
+        if result.monitor:
+            from ..report import monitor_table
+
+            print_table(out, monitor_table(list(result.monitor.values())))
         if result.rollout.stopped:
             err.print(f"[bold red]rollout stopped:[/] {escape(result.rollout.stopped)}")
     raise typer.Exit(result.exit_code)

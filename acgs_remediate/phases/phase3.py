@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import monitor
 from ..deploy import (
     DeployPlan,
     ServiceTarget,
@@ -43,6 +44,7 @@ from ..state import new_run_id
 
 if TYPE_CHECKING:
     from ..inventory import Fleet, Host
+    from ..monitor import HostMonitor
     from ..state import StateStore
 
 PHASE3 = "phase3"
@@ -187,6 +189,7 @@ class Phase3Result:
     plan: Phase3Plan
     rollout: FleetRollout | None = None
     check: bool = False
+    monitor: dict[str, HostMonitor] = field(default_factory=dict)  # host -> one sample after the rollout
 
     @property
     def exit_code(self) -> int:
@@ -282,6 +285,8 @@ def run_phase3(
             detail=out.stopped or f"rollout took {time.monotonic() - t0:.1f} s",
         )
         result.rollout = out
+        acted = {h for h, r in out.hosts.items() if r.status not in ("unchanged", "pending")}
+        result.monitor = monitor.after_rollout(store, fleet.hosts, plan.project, run_id, changed=acted)
         return result
 
 
