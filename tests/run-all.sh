@@ -27,4 +27,5 @@ else
 fi
 
 step "pytest (unit + integration)"
-pytest -q tests/unit tests/integration
+# --durations: the slowest tests in the CI log, to keep the suite inside its 30-minute budget.
+pytest -q --durations=40 tests/unit tests/integration
