@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -235,6 +236,9 @@ class StateStore:
             raise UsageError(f"cannot open state store {self.path}: {exc}",
                              hint="pass --state with a writable path, or set ACGS_REMEDIATE_STATE") from None
         self.lock_dir = self.path.parent / f"{self.path.name}.locks"
+        # One connection serves every thread of a run (phase 3 switches a batch's hosts in parallel threads):
+        # two threads' BEGIN on it would interleave ("cannot start a transaction within a transaction").
+        self._tx_lock = threading.RLock()
 
     def close(self) -> None:
         """Close the database connection."""
@@ -242,14 +246,16 @@ class StateStore:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        # BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlocks between processes.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        # BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlocks between processes; the thread lock
+        # keeps this process's threads to one transaction at a time on the shared connection.
+        with self._tx_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # -- baselines -------------------------------------------------------------------------
 
