@@ -986,6 +986,21 @@ class EngineAPI:
         params = {"v": "1" if v else "0", "force": "1" if force else "0"}
         self.call("DELETE", f"/containers/{urllib.parse.quote(container)}", params)
 
+    def stats(self, container: str) -> dict[str, Any]:
+        """GET /containers/{id}/stats?stream=false: one sample of the container's memory, CPU, network, I/O.
+
+        The engine answers after its next collection (~1 s: it waits so that ``precpu_stats`` holds the sample
+        before, which a CPU percentage needs), so the call takes its own connection (over ssh: its own channel
+        of the host's connection) and never holds up other calls on the pipelined stream. Raises
+        EngineNotFound when the container is gone, EngineHTTPError otherwise.
+        """
+        conn, resp = self._stream("GET", f"/containers/{urllib.parse.quote(container)}/stats", {"stream": "false"})
+        try:
+            payload = resp.read()
+        finally:
+            conn.close()
+        return json.loads(payload) if payload.strip() else {}
+
     def events(self, since: float, until: float, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
         """Return the engine's events between ``since`` and ``until`` (Unix seconds), oldest first.
 

@@ -20,6 +20,7 @@ from . import __version__
 from .analysis import HostAnalysis, ServiceImage
 from .doctor import ServiceDoctor
 from .models import Baseline, BuildRecord, GateVerdict, Unreachable
+from .monitor import HostMonitor, ServiceSample
 from .units import human_size
 
 SCHEMA_VERSION = 1
@@ -100,6 +101,7 @@ class AnalyzeReport(_Model):
     unreachable: list[Unreachable] = Field(default_factory=list)
     builds: list[ServiceDoctor] = Field(default_factory=list)  # the build-context doctor, per service
     optimized: list[OptimizedService] = Field(default_factory=list)  # phase 2, per service (build records)
+    deployed: list[HostMonitor] = Field(default_factory=list)  # phase 3: the latest sample after a rollout, per host
 
 
 class OptimizedService(_Model):
@@ -228,6 +230,7 @@ def build_report(
     pattern: str,
     generated_at: datetime | None = None,
     optimized: Iterable[OptimizedService] = (),
+    deployed: Iterable[HostMonitor] = (),
 ) -> AnalyzeReport:
     """Return the report model from per-host results, unreachable hosts and the build doctor's findings."""
     hosts = sorted(hosts, key=lambda h: h.analysis.host)
@@ -278,6 +281,7 @@ def build_report(
         unreachable=unreachable,
         builds=builds,
         optimized=list(optimized),
+        deployed=sorted(deployed, key=lambda m: m.host),
     )
 
 
@@ -426,6 +430,8 @@ def to_markdown(report: AnalyzeReport) -> str:
 
     if report.optimized:
         lines += _md_optimized(report.optimized)
+    if report.deployed:
+        lines += monitor_markdown(report.deployed)
     lines += ["## ⚠️ Risk Assessment", ""] + _md_risks(report) + [""]
     notes = [(h.analysis.host, n) for h in report.hosts for n in h.analysis.notes]
     if notes:
@@ -452,6 +458,29 @@ def _md_optimized(rows: list[OptimizedService]) -> list[str]:
             f"{f'{o.build_seconds:.1f}s' if o.build_seconds is not None else '-'} | {o.released}/{o.hosts} | "
             f"{_md_escape(_gate_text(o))} |"
         )
+    return lines + [""]
+
+
+def monitor_markdown(samples: Sequence[HostMonitor]) -> list[str]:
+    """Return the Markdown lines of phase 3's monitor: one table row per host and service."""
+    lines = [
+        "## Phase 3: Services After The Rollout",
+        "",
+        "| Host | Service | Image | Deployed by | Health | Restarts | Memory | CPU | Size before → after |",
+        "|---|---|---|---|---|---:|---:|---:|---|",
+    ]
+    for m in samples:
+        if m.error:
+            lines.append(f"| {m.host} | - | - | - | not read: {_md_escape(m.error)} | | | | |")
+        for s in m.services:
+            lines.append(
+                f"| {m.host} | {s.service} | `{short_id(s.image_id)}` | `{_md_escape(s.image_ref or '-')}` | "
+                f"{_md_escape(health_text(s))} | {s.restart_count} | {_hs(s.memory_bytes)} | {cpu_text(s)} | "
+                f"{size_change_text(s)} |"
+            )
+    stamps = sorted({m.sampled_at for m in samples})
+    if stamps:
+        lines += ["", f"One Engine API stats sample per container, taken {stamps[-1]:%Y-%m-%d %H:%M:%S} UTC."]
     return lines + [""]
 
 
@@ -644,6 +673,87 @@ def _md_risks(report: AnalyzeReport) -> list[str]:
     return lines
 
 
+# --- Phase 3's monitor: shared cell texts -----------------------------------------------------------------
+
+
+def short_id(image_id: str | None) -> str:
+    """Return an image ID's first 12 hex digits (what `docker images` shows), "-" for none."""
+    return image_id.removeprefix("sha256:")[:12] if image_id else "-"
+
+
+def health_text(s: ServiceSample) -> str:
+    """Return a service's state in words: "healthy", "running (no healthcheck)", "exited 0", ..."""
+    if s.state == "running":
+        return s.health or "running (no healthcheck)"
+    if s.state in ("exited", "dead") and s.exit_code is not None:
+        return f"{s.state} {s.exit_code}"
+    return s.state or "-"
+
+
+def health_class(s: ServiceSample) -> str:
+    """Return the status class of a service: OK (healthy, or a one-shot that exited 0), WARNING, CRITICAL."""
+    if s.state == "running" and s.health in ("healthy", None):
+        return "OK" if s.restart_count == 0 else "WARNING"
+    if s.state == "exited" and s.exit_code == 0:
+        return "OK"
+    if s.state == "running" and s.health == "starting":
+        return "WARNING"
+    return "CRITICAL"
+
+
+def cpu_text(s: ServiceSample) -> str:
+    """Return the CPU sample as docker stats prints it ("0.52%"), "-" when there is none."""
+    return f"{s.cpu_percent:.2f}%" if s.cpu_percent is not None else "-"
+
+
+def size_change_text(s: ServiceSample) -> str:
+    """Return "before -> after" image bytes, or just the size when the rollout did not change the image."""
+    if s.image_before is None and s.size_before is None:
+        return _hs(s.size_after)
+    if not s.switched:
+        return f"{_hs(s.size_after)} (unchanged)"
+    return f"{_hs(s.size_before)} → {_hs(s.size_after)}"
+
+
+def monitor_table(samples: Sequence[HostMonitor]):  # type: ignore[no-untyped-def]
+    """Return a rich Table of phase 3's monitor samples: one row per host and service."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    stamps = sorted({m.sampled_at for m in samples})
+    when = f" (sampled {stamps[-1]:%Y-%m-%d %H:%M:%S} UTC)" if stamps else ""
+    table = Table(title=f"Phase 3: services after the rollout{when}", title_justify="left")
+    for col, just in [
+        ("host", "left"),
+        ("service", "left"),
+        ("image", "left"),
+        ("deployed by", "left"),
+        ("health", "left"),
+        ("restarts", "right"),
+        ("memory", "right"),
+        ("cpu", "right"),
+        ("size before -> after", "right"),
+    ]:
+        table.add_column(col, justify=just, overflow="fold" if col == "deployed by" else "ellipsis")  # type: ignore[arg-type]
+    colour = {"OK": "green", "WARNING": "yellow", "CRITICAL": "red"}
+    for m in samples:
+        if m.error:
+            table.add_row(m.host, "-", "-", "-", f"[red]not read: {escape(m.error)}[/]", "", "", "", "")
+        for s in m.services:
+            table.add_row(
+                m.host,
+                escape(s.service),
+                short_id(s.image_id),
+                escape(s.image_ref or "-"),
+                f"[{colour[health_class(s)]}]{escape(health_text(s))}[/]",
+                str(s.restart_count),
+                _hs(s.memory_bytes),
+                cpu_text(s),
+                size_change_text(s).replace("→", "->"),
+            )
+    return table
+
+
 # --- Rich terminal ---------------------------------------------------------------------------------------
 
 
@@ -764,6 +874,8 @@ def render_rich(report: AnalyzeReport, console) -> None:  # type: ignore[no-unty
                 f"[{'green' if gates == 'all passed' else 'red'}]{escape(gates)}[/]",
             )
         print_table(console, opt)
+    if report.deployed:
+        print_table(console, monitor_table(report.deployed))
 
 
 # --- HTML ------------------------------------------------------------------------------------------------
@@ -965,6 +1077,40 @@ def _html_table(headers: list[str], rows: list[list[str]], numeric: set[int] | N
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _html_deployed(samples: Sequence[HostMonitor]) -> list[str]:
+    """Return the HTML section of phase 3's monitor: one row per host and service."""
+    stamps = sorted({m.sampled_at for m in samples})
+    rows: list[list[str]] = []
+    for m in samples:
+        if m.error:
+            rows.append([_e(m.host), "-", "-", "-", f"{_badge('CRITICAL', 'not read')} {_e(m.error)}", "", "", "", ""])
+        for s in m.services:
+            rows.append(
+                [
+                    _e(m.host),
+                    _e(s.service),
+                    f"<code>{_e(short_id(s.image_id))}</code>",
+                    f"<code>{_e(s.image_ref or '-')}</code>",
+                    _badge(health_class(s), health_text(s)),
+                    str(s.restart_count),
+                    _hs(s.memory_bytes),
+                    _e(cpu_text(s)),
+                    _e(size_change_text(s)),
+                ]
+            )
+    when = f"{stamps[-1]:%Y-%m-%d %H:%M:%S} UTC" if stamps else "-"
+    return [
+        "<h2>Phase 3: services after the rollout</h2>",
+        f"<p class='muted'>One Engine API stats sample per running container, taken {_e(when)}; size before is "
+        "the image the host's rollback unit recorded for the service.</p>",
+        _html_table(
+            ["Host", "Service", "Image", "Deployed by", "Health", "Restarts", "Memory", "CPU", "Size before → after"],
+            rows,
+            {5, 6, 7, 8},
+        ),
+    ]
+
+
 def to_html(report: AnalyzeReport) -> str:
     """Return a self-contained HTML page (inline CSS and SVG charts, no external assets)."""
     s = report.summary
@@ -1157,6 +1303,8 @@ def to_html(report: AnalyzeReport) -> str:
                 numeric={1, 2, 3, 4, 5, 6},
             )
         )
+    if report.deployed:
+        out += _html_deployed(report.deployed)
     out.append(f"<p class='muted'>acgs-remediate {_e(report.tool_version)} · inventory {_e(report.inventory)}</p>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"

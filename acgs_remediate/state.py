@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -244,6 +245,9 @@ class StateStore:
             raise UsageError(f"cannot open state store {self.path}: {exc}",
                              hint="pass --state with a writable path, or set ACGS_REMEDIATE_STATE") from None
         self.lock_dir = self.path.parent / f"{self.path.name}.locks"
+        # One connection serves every thread of a run (phase 3 switches a batch's hosts in parallel threads):
+        # two threads' BEGIN on it would interleave ("cannot start a transaction within a transaction").
+        self._tx_lock = threading.RLock()
 
     def _migrate(self) -> None:
         """Fold the tables of earlier versions into today's (idempotent; a store of any earlier version opens).
@@ -292,14 +296,16 @@ class StateStore:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        # BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlocks between processes.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        # BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlocks between processes; the thread lock
+        # keeps this process's threads to one transaction at a time on the shared connection.
+        with self._tx_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # -- baselines -------------------------------------------------------------------------
 
@@ -447,14 +453,18 @@ class StateStore:
                 (host, kind, _iso(_now()), run_id, json.dumps(data, default=str)),
             )
 
-    def measurements(self, host: str, kind: str | None = None) -> list[dict[str, Any]]:
-        """Return the measurements of ``host`` (optionally one kind), newest first."""
+    def measurements(self, host: str, kind: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return the measurements of ``host`` (optionally one kind; the newest ``limit`` only), newest first."""
         sql = "SELECT kind, taken_at, run_id, data FROM measurements WHERE host = ?"
         args: list[Any] = [host]
         if kind is not None:
             sql += " AND kind = ?"
             args.append(kind)
-        rows = self._db.execute(sql + " ORDER BY id DESC", args).fetchall()
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self._db.execute(sql, args).fetchall()
         return [{"kind": k, "taken_at": t, "run_id": r, "data": json.loads(d)} for k, t, r, d in rows]
 
     # -- how far hygiene read each engine's event stream ------------------------------------------------------

@@ -170,6 +170,10 @@ def analyze(
         if (b := store.baseline(h.name)) is not None:
             for ref, size in b.per_image.items():
                 baseline_sizes[ref] = max(size, baseline_sizes.get(ref, 0))
+    # Phase 3's monitor: the latest sample taken after a rollout, per host (from the ledger).
+    from ..monitor import latest as latest_samples
+
+    deployed = latest_samples(store, [h.name for h in fleet.hosts]).values()
     store.close()
 
     report = build_report(
@@ -179,6 +183,7 @@ def analyze(
         inventory=str(fleet.source),
         pattern=hosts,
         optimized=optimized_services(records, expected, baseline_sizes),
+        deployed=deployed,
     )
     if output is not None:
         try:

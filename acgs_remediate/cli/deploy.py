@@ -22,6 +22,7 @@ from .common import (
     err,
     out,
     print_json,
+    print_table,
     state_path,
 )
 from .phases import CheckOpt, PlanFileOpt, YesOpt, run_phase_command
@@ -49,6 +50,19 @@ def phase3_cmd(
     from ..phases.phase3 import Phase3, rollout_json
 
     spec = Phase3(log=lambda m: err.print(f"[dim]{escape(m)}[/]"))
+
+    def monitor_output(_report: object, out_fmt: OutputFormat) -> None:
+        """After the rollout: per host and service, the image, health, restarts, memory and CPU sampled."""
+        from ..report import monitor_markdown, monitor_table
+
+        samples = list(spec.monitor.values())
+        if not samples:
+            return
+        if out_fmt is OutputFormat.markdown:
+            out.print("\n".join(monitor_markdown(samples)), markup=False)
+        else:
+            print_table(out, monitor_table(samples))
+
     run_phase_command(
         spec,
         inventory,
@@ -62,6 +76,7 @@ def phase3_cmd(
         forks=forks,
         plan_file=plan_file,
         json_view=lambda report: rollout_json(spec, report),
+        extra_output=monitor_output,
     )
 
 

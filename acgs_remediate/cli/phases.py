@@ -392,6 +392,9 @@ def status_cmd(
         records = store.all_status()
         runs = store.runs(10)
         entries = store.history(limit=30) if history else []
+        from ..monitor import latest as latest_samples
+
+        samples = latest_samples(store, sorted({r.host for r in records}))
     finally:
         store.close()
     phases = sorted({r.phase for r in records} | set(PHASE_NAMES))
@@ -415,6 +418,7 @@ def status_cmd(
                     for r in runs
                 ],
                 "history": [e.to_dict() for e in entries],
+                "monitor": {h: m.model_dump(mode="json") for h, m in samples.items()},
             }
         )
         return
@@ -430,6 +434,10 @@ def status_cmd(
     if fmt is OutputFormat.markdown:
         lines = ["| host | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
         lines += [f"| {h} | " + " | ".join(cell(ph.get(p)) for p in phases) + " |" for h, ph in sorted(by_host.items())]
+        if samples:
+            from ..report import monitor_markdown
+
+            lines += ["", *monitor_markdown(list(samples.values()))]
         out.print("\n".join(lines), markup=False)
         return
     t = Table(title=f"state: {path}", title_justify="left")
@@ -442,6 +450,10 @@ def status_cmd(
             *[_styled(ph[p].status, cell(ph[p])) if p in ph else "-" for p in phases],
         )
     print_table(out, t)
+    if samples:
+        from ..report import monitor_table
+
+        print_table(out, monitor_table(list(samples.values())))
     for e in entries:
         out.print(
             f"  {e.finished_at:%Y-%m-%d %H:%M:%S} {e.host} {e.phase} {e.status} {e.run_id or ''} "

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from ..execute import HostEvent, HostResult, RunResult
     from ..inventory import Fleet, Host
     from ..models import HostSnapshot
+    from ..monitor import HostMonitor
     from ..orchestrate import Planned, RunReport
     from ..state import StateStore
 
@@ -325,6 +326,8 @@ class Phase3(PhaseSpec[Phase3HostPlan]):
         self.resumed: dict[str, HostRollout] = {}
         self.plans: dict[str, Phase3HostPlan] = {}
         self.policies: dict[str, Policy] = {}
+        self.hosts: list[Host] = []
+        self.monitor: dict[str, HostMonitor] = {}  # host -> one sample after the rollout (after_run)
 
     # -- planner ---------------------------------------------------------------------------------
 
@@ -343,7 +346,23 @@ class Phase3(PhaseSpec[Phase3HostPlan]):
         """Return the hosts a dead run left mid-switch to their units (not in check mode)."""
         self.store = store
         self.run_id = run_id
+        self.hosts = list(hosts)
         self.resumed = {} if check else resume_interrupted(store, hosts, self.log)
+
+    def after_run(self, store: StateStore, report: RunReport) -> None:
+        """Sample the hosts the rollout acted on (image, health, restarts, memory, CPU) into the ledger (monitor).
+
+        A host the run left unchanged is sampled only when the ledger has none of it yet, so a re-run with
+        nothing to do stays fast and ``status`` keeps the last sample with its time (issue 11, item 5).
+        """
+        from .. import monitor
+
+        if report.check or not self.plans or not self.hosts:
+            return
+        rollout = fleet_rollout(report, [h.name for h in self.hosts])
+        acted = {h for h, r in rollout.hosts.items() if r.status not in ("unchanged", "pending")}
+        project = next(iter(self.plans.values())).project
+        self.monitor = monitor.after_rollout(store, self.hosts, project, report.run_id, changed=acted)
 
     def observe(
         self,
@@ -555,6 +574,7 @@ class Phase3Result:
     rollout: FleetRollout | None = None
     check: bool = False
     report: RunReport | None = None
+    monitor: dict[str, HostMonitor] = field(default_factory=dict)  # host -> one sample after the rollout
 
     @property
     def exit_code(self) -> int:
@@ -650,6 +670,7 @@ def rollout_json(spec: Phase3, report: RunReport, order: list[str] | None = None
         for h, r in rollout.hosts.items()
     }
     data["unreachable"] = [u.model_dump() for u in report.unreachable]
+    data["monitor"] = {h: m.model_dump(mode="json") for h, m in spec.monitor.items()}
     return data
 
 
@@ -680,7 +701,7 @@ def run_phase3(
     if check:
         return Phase3Result(report.run_id, plan, check=True, report=report)
     rollout = fleet_rollout(report, [h.name for h in fleet.hosts])
-    return Phase3Result(report.run_id, plan, rollout, report=report)
+    return Phase3Result(report.run_id, plan, rollout, report=report, monitor=spec.monitor)
 
 
 def rollback_hosts(fleet: Fleet, store: StateStore, log: Log = _quiet, forks: int = 5) -> dict[str, HostRollout]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from acgs_remediate import monitor
 from acgs_remediate.facts import engine_api
 from acgs_remediate.inventory import Fleet, load_fleet
 from acgs_remediate.models import BuildRecord
@@ -196,6 +197,17 @@ def test_happy_path_then_a_rerun_changes_nothing(fresh_sandbox: Sandbox, store: 
         with engine_api(host) as api:
             old_auth = api.inspect_image(before[host.name]["auth_service"][2])
         assert any(t.startswith("acgs-1-auth_service:rollback-") for t in old_auth["RepoTags"])
+    # The monitor's sample after the rollout: what each service runs, its health and usage, sizes before/after.
+    for host in fleet.hosts:
+        sample = {s.service: s for s in result.monitor[host.name].services}
+        for svc, key in (("auth_service", "auth"), ("ac_service", "ac")):
+            s = sample[svc]
+            assert s.image_id == s.image_ref == images[host.name][key]  # pinned by ID (no registry digest)
+            assert (s.health, s.restart_count) == ("healthy", 0)
+            assert s.memory_bytes and s.memory_bytes > 0 and s.cpu_percent is not None
+            assert s.image_before == before[host.name][svc][2] and s.size_before and s.size_after
+        assert not sample["postgres"].switched and sample["alembic-runner"].exit_code == 0
+    assert monitor.latest(store, [h.name for h in fleet.hosts]) == result.monitor
     # The compose file on disk is pinned, the previous one kept.
     path = result.plan.compose_path
     assert f"image: {images[fleet.hosts[0].name]['auth']}" in path.read_text()
@@ -207,6 +219,8 @@ def test_happy_path_then_a_rerun_changes_nothing(fresh_sandbox: Sandbox, store: 
     assert all(hr.status == "unchanged" for hr in again.rollout.hosts.values())
     assert all(not p.actions for p in again.plan.plans.values())
     assert _containers(fleet) == after
+    assert again.monitor == {}  # nothing switched: no new sample; status keeps the rollout's
+    assert monitor.latest(store, [h.name for h in fleet.hosts]) == result.monitor
 
 
 def test_a_crashing_image_rolls_the_whole_fleet_back(fresh_sandbox: Sandbox, store: StateStore) -> None:

@@ -458,3 +458,30 @@ def test_builds_gates_compose_and_hygiene_over_an_ssh_alias_and_tls(remote_sandb
 def sb_unix_host(sb: Sandbox, name: str) -> Any:
     """Return ``name`` as the unix:// inventory reaches it."""
     return load_fleet(sb.directory / "inventory-unix.yml").host(name)
+
+
+def test_the_monitor_reads_the_same_services_over_ssh_and_tls_as_unix(remote_sandbox: Sandbox, tmp_path: Path) -> None:
+    """Phase 3's monitor (containers, one stats sample each, image sizes) through each transport of one fleet."""
+    from acgs_remediate.inventory import load_fleet
+    from acgs_remediate.monitor import sample_fleet
+    from acgs_remediate.state import StateStore
+
+    store = StateStore(tmp_path / "state.db")
+    samples = {
+        t: sample_fleet(load_fleet(Path(_inventory(remote_sandbox, t)), "all").hosts[:1], "acgs-1", store)
+        for t in ("unix", "ssh", "tls")  # one host: the transports are the point (each stats call ~1-2 s)
+    }
+
+    def stable(m: Any) -> dict[str, Any]:
+        return {s.service: (s.image_id, s.image_ref, s.state, s.restart_count, s.size_after) for s in m.services}
+
+    for host, unix in samples["unix"].items():
+        assert unix.error is None and unix.running >= 4, unix
+        for transport in ("ssh", "tls"):
+            other = samples[transport][host]
+            assert other.error is None, (transport, other.error)
+            assert stable(other) == stable(unix), transport
+            # One stats answer per running container came back through this transport, with usage in it.
+            for s in other.services:
+                if s.state == "running":
+                    assert s.memory_bytes and s.memory_bytes > 0 and s.cpu_percent is not None, (transport, s)

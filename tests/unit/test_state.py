@@ -123,3 +123,21 @@ def test_state_store_and_its_locks_are_owner_only_whatever_the_umask(tmp_path: P
     finally:
         os.umask(old)
     assert modes == {"s.db": 0o600, "s.db.locks": 0o700, "web-1.lock": 0o600}
+
+
+def test_threads_sharing_one_store_write_without_interleaving_transactions(tmp_path: Path) -> None:
+    """Phase 3 switches a batch's hosts in parallel threads, each writing the ledger through one store."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = StateStore(tmp_path / "state.db")
+    store.begin_run("phase3-t", "phase3", [f"h{i}" for i in range(8)])
+
+    def host(i: int) -> None:
+        for n in range(25):
+            store.add_measurement(f"h{i}", "monitor", {"n": n}, run_id="phase3-t")
+            store.finish_host(f"h{i}", "phase3", "phase3-t", "succeeded", detail=str(n))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(host, range(8)))  # before the fix: "cannot start a transaction within a transaction"
+    assert all(len(store.measurements(f"h{i}", "monitor")) == 25 for i in range(8))
+    assert {store.phase_status(f"h{i}", "phase3").detail for i in range(8)} == {"24"}
