@@ -226,6 +226,10 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path).expanduser()
+        # One connection serves every thread of a run (phase 3 switches a batch's hosts in parallel threads):
+        # two threads' BEGIN on it would interleave ("cannot start a transaction within a transaction").
+        # Set before the schema migration, the first transaction.
+        self._tx_lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -245,9 +249,6 @@ class StateStore:
             raise UsageError(f"cannot open state store {self.path}: {exc}",
                              hint="pass --state with a writable path, or set ACGS_REMEDIATE_STATE") from None
         self.lock_dir = self.path.parent / f"{self.path.name}.locks"
-        # One connection serves every thread of a run (phase 3 switches a batch's hosts in parallel threads):
-        # two threads' BEGIN on it would interleave ("cannot start a transaction within a transaction").
-        self._tx_lock = threading.RLock()
 
     def _migrate(self) -> None:
         """Fold the tables of earlier versions into today's (idempotent; a store of any earlier version opens).
