@@ -1,4 +1,5 @@
-"""Every module shipped in a role documents itself in YAML that ``ansible-doc`` can read.
+"""Repository conventions CI relies on. Every module shipped in a role documents itself in YAML that
+``ansible-doc`` can read; unit and integration test modules have distinct names.
 
 A module's DOCUMENTATION, EXAMPLES and RETURN strings are YAML: one line ending in ``word:`` inside a
 description turns it into a mapping key and ``ansible-doc MODULE`` (and AWX's module browser) fail on it —
@@ -46,3 +47,10 @@ def test_module_documentation_is_valid_yaml_naming_the_module(path: Path) -> Non
     assert doc.get("short_description")
     for option, spec in (doc.get("options") or {}).items():
         assert spec.get("description"), f"{path.name}: option {option} has no description"
+
+
+def test_unit_and_integration_test_modules_have_distinct_names() -> None:
+    """pytest (rootdir-relative imports, no __init__.py) refuses two test modules of one basename: CI broke on it."""
+    unit = {p.name for p in (ROOT / "tests" / "unit").glob("test_*.py")}
+    integration = {p.name for p in (ROOT / "tests" / "integration").glob("test_*.py")}
+    assert unit & integration == set()
