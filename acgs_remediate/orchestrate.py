@@ -916,7 +916,8 @@ def _summarise(
             bytes_after=bytes_after,
             bytes_freed=row["measured_freed"],
             removed=outcome.ledger_items,
-            detail="; ".join(messages) or None,
+            # A phase that knows the host's state better than the stats (phase 3) says why in its notes.
+            detail="; ".join(messages) or ("; ".join(outcome.notes) if outcome.status else "") or None,
         )
         if bytes_after is not None:
             store.add_measurement(

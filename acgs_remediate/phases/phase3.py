@@ -294,6 +294,7 @@ def host_rollout(store: StateStore, host: str, run_id: str, result: HostResult |
             hr.reason = "the switch did not finish (engine gone or run cut short): the next run rolls it back"
     elif result is None or result.status == "not_run":
         hr.status = "pending"
+        hr.reason = hr.reason or "not reached: the rollout stopped before this host's batch (failure policy)"
     elif result.status in ("ok", "changed"):
         hr.status = "unchanged"
     else:

@@ -348,7 +348,9 @@ def test_unhealthy_during_the_soak_rolls_the_whole_fleet_back_and_measures_it(
     hosts = doc["hosts"]
     assert {h: r["status"] for h, r in hosts.items()} == dict.fromkeys((h1, h2, h3), "rolled_back"), hosts
     assert "unhealthy" in hosts[h3]["reason"] and "during the soak" in hosts[h3]["reason"], hosts[h3]
-    assert f"{h3} failed" in hosts[h1]["reason"] and f"{h3} failed" in hosts[h2]["reason"]
+    # The earlier batches went back because of h3, and say so.
+    for h in (h1, h2):
+        assert "with the fleet" in hosts[h]["reason"] and f"{h3}:" in hosts[h]["reason"], hosts[h]
     # Each host's soak window covers its healthcheck's start_period + interval x retries.
     soaks = doc["plan"]["soak_seconds_per_host"]
     assert soaks[h1] >= 2 + 1 * 3 and soaks[h2] >= 2 + 1 * 3 and soaks[h3] >= 30 + 1 * 3, soaks
