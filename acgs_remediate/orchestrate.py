@@ -694,9 +694,14 @@ def run_phase(
                 f"no selected host is in the plan file {options.saved_plan}",
                 hint=f"it plans: {', '.join(sorted(saved[1]))}",
             )
+    fresh = not state.exists()
     store = StateStore(state)
     try:
         return _run(spec, fleet, selected, policies, store, options, ui, saved)
+    except UsageError:
+        if fresh:  # refused before any run was recorded: leave no new state store behind (issue 14)
+            store.discard_if_unused()
+        raise
     finally:
         store.close()
 

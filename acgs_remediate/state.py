@@ -295,6 +295,32 @@ class StateStore:
         """Close the database connection."""
         self._db.close()
 
+    def discard_if_unused(self) -> bool:
+        """Close the store and delete it (its -wal/-shm files and lock dir) when it records no run and no phase.
+
+        For a command that created the store and then refused its input (exit 2): bad input changes nothing
+        anywhere, not even a new state store. A store any run or phase was recorded in (by this process or
+        another) is kept. Returns whether it was deleted. Raises nothing (a file already gone is fine).
+        """
+        try:
+            # What a run records; the image ledger and the event cursor are observations a next run re-reads.
+            tables = ("runs", "phase_status", "phase_history", "baselines", "build_records", "measurements",
+                      "rollback_units")
+            used = sum(self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables)  # noqa: S608
+        except sqlite3.Error:
+            return False
+        if used:
+            return False
+        self._db.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+        with contextlib.suppress(OSError):
+            for lock in self.lock_dir.iterdir():
+                lock.unlink()
+            self.lock_dir.rmdir()
+        return True
+
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlocks between processes; the thread lock

@@ -364,12 +364,11 @@ def test_unhealthy_during_the_soak_rolls_the_whole_fleet_back_and_measures_it(
     # Recorded in the ledger's measurements too (what `status` and the reports read).
     store = StateStore(state)
     for h in (h1, h2, h3):
-        m = store.measurements(h, "phase3")[0]["data"]
-        assert (
-            m["status"] == "rolled_back"
-            and m["rollback_seconds"] < 60
-            and set(m["unavailable_seconds"]) == set(LONG_RUNNING)
-        )
+        # The role's entries carry a status (the flow's bytes before/after share the measurement kind).
+        run = [m["data"] for m in store.measurements(h, "phase3") if "status" in m["data"]]
+        back = [m for m in run if m["status"] == "rolled_back"]
+        assert back and all(m["rollback_seconds"] < 60 for m in back), run
+        assert set().union(*(m.get("unavailable_seconds") or {} for m in run)) == set(LONG_RUNNING), run
     store.close()
     sys.stderr.write(
         "[phase3 cases] rollback_fleet: rollback s per host "

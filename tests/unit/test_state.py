@@ -141,3 +141,18 @@ def test_threads_sharing_one_store_write_without_interleaving_transactions(tmp_p
         list(pool.map(host, range(8)))  # before the fix: "cannot start a transaction within a transaction"
     assert all(len(store.measurements(f"h{i}", "monitor")) == 25 for i in range(8))
     assert {store.phase_status(f"h{i}", "phase3").detail for i in range(8)} == {"24"}
+
+
+def test_a_refused_command_leaves_no_new_state_store_but_never_discards_a_used_one(tmp_path: Path) -> None:
+    """Bad input changes nothing anywhere (exit 2): a store the refused command itself created goes again."""
+    fresh = StateStore(tmp_path / "new.db")
+    with fresh.lock_hosts(["web-1"], "phase3-t"):
+        pass
+    assert fresh.discard_if_unused()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    used = StateStore(tmp_path / "used.db")
+    used.begin_run("phase1-t", "phase1", ["web-1"])
+    assert not used.discard_if_unused()
+    used.close()
+    assert (tmp_path / "used.db").exists()
