@@ -120,7 +120,9 @@ def _phase1(inv: Path, state: Path) -> dict[str, Any]:
 
 
 def _docker(sb: Sandbox, *args: str, buildkit: bool = False, cwd: Path | None = None) -> str:
-    env = {**os.environ, "DOCKER_BUILDKIT": "1" if buildkit else "0", "DOCKER_CONFIG": str(sb.directory / ".dc")}
+    # The CLI's config under the sandbox's own work dir: a file elsewhere in it makes the next `up` refuse the dir.
+    config = str(sb.directory / "work" / "docker-config")
+    env = {**os.environ, "DOCKER_BUILDKIT": "1" if buildkit else "0", "DOCKER_CONFIG": config}
     proc = subprocess.run([DOCKER_CLI, "-H", sb.docker_host(HOST), *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300, check=False)
     assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr[-2000:]}"

@@ -325,7 +325,8 @@ def test_the_registry_stopped_mid_push_fails_phase2_cleanly_and_a_rerun_finishes
 
 
 def _docker(sb: Sandbox, host: str, *args: str, cwd: Path | None = None) -> str:
-    env = {**os.environ, "DOCKER_BUILDKIT": "0", "DOCKER_CONFIG": str(sb.directory / ".dc")}
+    # The CLI's config under the sandbox's own work dir: a file elsewhere in it makes the next `up` refuse the dir.
+    env = {**os.environ, "DOCKER_BUILDKIT": "0", "DOCKER_CONFIG": str(sb.directory / "work" / "docker-config")}
     proc = subprocess.run([DOCKER_CLI, "-H", sb.docker_host(host), *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=300, check=False)  # fmt: skip
     assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr[-2000:]}"
